@@ -1,0 +1,2 @@
+//! The `dadd` command.
+fn main() {}

@@ -1,0 +1,2 @@
+//! `dadd-master` command line entry point.
+fn main() {}

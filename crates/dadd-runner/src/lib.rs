@@ -1,0 +1,1 @@
+//! Library of `dadd-runner`; the binary is a thin shell over it.

@@ -1,0 +1,2 @@
+//! `dadd-runner` command line entry point.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Library of `dadd-worker`; the binary is a thin shell over it.

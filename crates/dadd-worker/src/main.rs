@@ -1,0 +1,2 @@
+//! `dadd-worker` command line entry point.
+fn main() {}

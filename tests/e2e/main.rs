@@ -1,0 +1,1 @@
+//! End-to-end tests: each module starts real Dadd binaries.
