@@ -1,2 +1,5 @@
-//! The `dadd` command.
-fn main() {}
+//! The `dadd` command: a thin shell over [`dadd_client::cli`].
+
+fn main() -> std::process::ExitCode {
+    dadd_client::cli::main()
+}
