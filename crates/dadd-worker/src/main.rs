@@ -1,2 +1,5 @@
-//! `dadd-worker` command line entry point.
-fn main() {}
+//! `dadd-worker` command line entry point: a thin shell over [`dadd_worker::cli`].
+
+fn main() -> std::process::ExitCode {
+    dadd_worker::cli::main()
+}
