@@ -1,0 +1,1121 @@
+//! The store: every SQL statement of the master lives in this module.
+//!
+//! One set of runtime queries serves SQLite and Postgres through
+//! `sqlx::AnyPool`: `$N` placeholders (SQLite accepts them), times as BIGINT
+//! unix milliseconds, JSON as TEXT, integers instead of booleans. Migrations
+//! are embedded per backend and applied at start by a small migrator table.
+//!
+//! SQLite allows one writer at a time; rather than letting connections fight
+//! over the lock (and sleep in SQLite's busy handler), writes go through a
+//! one-connection pool and queue fairly in it, while reads use the others.
+//! Every write transaction begins with a write, so it takes the lock at once.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use dadd_spec::ProcState;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::config::{secs, StoreConfig};
+
+/// Which database the store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// Production.
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (or the pool is exhausted).
+    #[error("the store is unreachable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A statement failed.
+    #[error("store query failed: {0}")]
+    Query(#[source] sqlx::Error),
+    /// The URL names no supported database.
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    BadUrl(String),
+    /// The SQLite file's directory cannot be made.
+    #[error("cannot create the store directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A migration failed.
+    #[error("store migration {version} failed: {source}; the database was left at the previous version")]
+    Migration {
+        /// The migration's version.
+        version: i64,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// A row holds something this build cannot read.
+    #[error("the store holds an unreadable value: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+            other => StoreError::Query(other),
+        }
+    }
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Embedded migrations: (version, SQL) per backend.
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+
+/// States of a process placed on a host and not over yet.
+const UNFINISHED: &str = "('init','setup','running')";
+
+/// Columns of a process row, without the spec.
+const SUMMARY_COLS: &str = "id, state, cmd, host_id, host, pid, exit_code, signal, reason, \
+     created_at, started_at, ended_at, updated_at, token_hash, log_size";
+
+/// The current time, unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A process as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcRow {
+    /// Id.
+    pub id: i64,
+    /// State.
+    pub state: ProcState,
+    /// The spec as submitted (empty in lists).
+    pub spec: String,
+    /// The command, split.
+    pub cmd: Vec<String>,
+    /// The host's id, while placed.
+    pub host_id: Option<i64>,
+    /// The host's `host:port`.
+    pub host: Option<String>,
+    /// The command's pid.
+    pub pid: Option<i64>,
+    /// Exit code.
+    pub exit_code: Option<i64>,
+    /// Signal.
+    pub signal: Option<i64>,
+    /// Why.
+    pub reason: Option<String>,
+    /// Created, ms.
+    pub created_at: i64,
+    /// Running since, ms.
+    pub started_at: Option<i64>,
+    /// Ended, ms.
+    pub ended_at: Option<i64>,
+    /// Last change, ms.
+    pub updated_at: i64,
+    /// SHA-256 (hex) of the per-process token.
+    pub token_hash: Option<String>,
+    /// Log bytes received (the runner's offsets).
+    pub log_size: i64,
+}
+
+/// One history entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryRow {
+    /// The state entered.
+    pub state: ProcState,
+    /// When, ms.
+    pub at: i64,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// A host as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRow {
+    /// Id.
+    pub id: i64,
+    /// Name or address.
+    pub host: String,
+    /// Port.
+    pub port: i64,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Capacity.
+    pub max_procs: i64,
+    /// Version.
+    pub version: String,
+    /// `up` or `down`, as last recorded.
+    pub status: String,
+    /// Last heartbeat, ms.
+    pub last_heartbeat: i64,
+    /// First registration, ms.
+    pub registered_at: i64,
+    /// Unfinished processes placed on it.
+    pub busy: i64,
+}
+
+impl HostRow {
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The worker's base URL.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.address())
+    }
+}
+
+/// A state change to store.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The state entered.
+    pub to: ProcState,
+    /// The command's pid.
+    pub pid: Option<i64>,
+    /// Exit code.
+    pub exit_code: Option<i64>,
+    /// Signal.
+    pub signal: Option<i64>,
+    /// Why.
+    pub reason: Option<String>,
+    /// When, ms.
+    pub at: i64,
+}
+
+impl Change {
+    /// A bare change with only a reason.
+    pub fn to(to: ProcState, reason: Option<&str>, at: i64) -> Self {
+        Self {
+            to,
+            pid: None,
+            exit_code: None,
+            signal: None,
+            reason: reason.map(str::to_owned),
+            at,
+        }
+    }
+}
+
+/// A queued process ready to be placed.
+#[derive(Debug, Clone)]
+pub struct QueuedProc {
+    /// Id.
+    pub id: i64,
+    /// The spec as submitted.
+    pub spec: String,
+    /// Created, ms.
+    pub created_at: i64,
+}
+
+/// A placement to record: process, host, token hash.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The process.
+    pub proc_id: i64,
+    /// The host's id.
+    pub host_id: i64,
+    /// The host's `host:port`.
+    pub host: String,
+    /// SHA-256 (hex) of the freshly minted token.
+    pub token_hash: String,
+}
+
+/// What became of a log chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored (or already held): the log's length now.
+    Size(u64),
+    /// The chunk starts past the end: the offset expected.
+    Gap(u64),
+    /// No such process.
+    NotFound,
+}
+
+/// A file in the file store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRow {
+    /// Its path under `/files/`.
+    pub path: String,
+    /// Bytes.
+    pub size: i64,
+    /// SHA-256 hex.
+    pub sha256: String,
+    /// Last change, ms.
+    pub modified: i64,
+}
+
+/// A process list filter.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only these states (any, when empty).
+    pub states: Vec<ProcState>,
+    /// Only this host (`host:port`).
+    pub host: Option<String>,
+    /// Only ids below this (keyset cursor).
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    read: AnyPool,
+    write: AnyPool,
+    backend: Backend,
+}
+
+/// An argument of a query built at run time.
+enum Arg {
+    I(i64),
+    S(String),
+}
+
+impl Store {
+    /// Connects, creating the SQLite file if missing, and applies migrations.
+    pub async fn connect(url: &str, cfg: &StoreConfig) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        };
+        let acquire = secs(cfg.acquire_timeout_secs).max(Duration::from_millis(100));
+        let store = match backend {
+            Backend::Sqlite => {
+                let url = sqlite_url(url)?;
+                let write = sqlite_pool(&url, 1, acquire).await?;
+                let read = sqlite_pool(&url, cfg.max_connections.max(1), acquire).await?;
+                Store {
+                    read,
+                    write,
+                    backend,
+                }
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(cfg.max_connections.max(2))
+                    .acquire_timeout(acquire)
+                    .connect(url)
+                    .await?;
+                Store {
+                    read: pool.clone(),
+                    write: pool,
+                    backend,
+                }
+            }
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pools (at shutdown).
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        self.write
+            .execute(
+                "CREATE TABLE IF NOT EXISTS dadd_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .await?;
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        for &(version, sql) in migrations {
+            let mut tx = self.write.begin().await?;
+            // Claims the version first (a write), so two masters starting
+            // together cannot both apply it: the second fails on the key.
+            let claimed = sqlx::query(
+                "INSERT INTO dadd_migrations (version, applied_at) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING",
+            )
+            .bind(version)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                continue;
+            }
+            for stmt in split_sql(sql) {
+                tx.execute(stmt.as_str())
+                    .await
+                    .map_err(|source| StoreError::Migration { version, source })?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    // ---- processes -------------------------------------------------------
+
+    /// Stores a new `queued` process and its first history entry.
+    pub async fn insert_proc(&self, spec: &str, cmd: &[String], now: i64) -> Result<ProcRow> {
+        let cmd_json = serde_json::to_string(cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.write.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO processes (state, spec, cmd, created_at, updated_at) VALUES ('queued', $1, $2, $3, $3) RETURNING id",
+        )
+        .bind(spec)
+        .bind(&cmd_json)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        sqlx::query("INSERT INTO history (proc_id, state, at) VALUES ($1, 'queued', $2)")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ProcRow {
+            id,
+            state: ProcState::Queued,
+            spec: spec.to_owned(),
+            cmd: cmd.to_vec(),
+            host_id: None,
+            host: None,
+            pid: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            updated_at: now,
+            token_hash: None,
+            log_size: 0,
+        })
+    }
+
+    /// One process, with its spec.
+    pub async fn get_proc(&self, id: i64) -> Result<Option<ProcRow>> {
+        let sql = format!("SELECT {SUMMARY_COLS}, spec FROM processes WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await?;
+        row.map(|r| proc_row(&r, true)).transpose()
+    }
+
+    /// A page of processes, newest first.
+    pub async fn list_procs(&self, f: &ListFilter) -> Result<Vec<ProcRow>> {
+        let mut sql = format!("SELECT {SUMMARY_COLS} FROM processes");
+        let mut args = Vec::new();
+        let mut conds = Vec::new();
+        if !f.states.is_empty() {
+            let mut ph = Vec::new();
+            for st in &f.states {
+                args.push(Arg::S(st.as_str().to_owned()));
+                ph.push(format!("${}", args.len()));
+            }
+            conds.push(format!("state IN ({})", ph.join(", ")));
+        }
+        if let Some(h) = &f.host {
+            args.push(Arg::S(h.clone()));
+            conds.push(format!("host = ${}", args.len()));
+        }
+        if let Some(b) = f.before {
+            args.push(Arg::I(b));
+            conds.push(format!("id < ${}", args.len()));
+        }
+        if !conds.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conds.join(" AND "));
+        }
+        args.push(Arg::I(f.limit));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len()));
+        let mut q = sqlx::query(&sql);
+        for a in args {
+            q = match a {
+                Arg::I(i) => q.bind(i),
+                Arg::S(s) => q.bind(s),
+            };
+        }
+        let rows = q.fetch_all(&self.read).await?;
+        rows.iter().map(|r| proc_row(r, false)).collect()
+    }
+
+    /// A process's history, oldest first.
+    pub async fn history(&self, id: i64) -> Result<Vec<HistoryRow>> {
+        let rows = sqlx::query("SELECT state, at, reason FROM history WHERE proc_id = $1 ORDER BY at, id")
+            .bind(id)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryRow {
+                    state: state_of(r.try_get::<String, _>(0)?)?,
+                    at: r.try_get(1)?,
+                    reason: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a change if the process is still in `from`; appends it to the
+    /// history. False when the process moved meanwhile (or does not exist).
+    pub async fn transition(&self, id: i64, from: ProcState, c: &Change) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let n = sqlx::query(
+            "UPDATE processes SET state = $1, pid = COALESCE($2, pid), exit_code = COALESCE($3, exit_code), \
+             signal = COALESCE($4, signal), reason = $5, \
+             started_at = CASE WHEN $6 = 1 THEN COALESCE(started_at, $7) ELSE started_at END, \
+             ended_at = CASE WHEN $8 = 1 THEN $7 ELSE NULL END, \
+             updated_at = $7, missed_heartbeats = 0 \
+             WHERE id = $9 AND state = $10",
+        )
+        .bind(c.to.as_str())
+        .bind(c.pid)
+        .bind(c.exit_code)
+        .bind(c.signal)
+        .bind(c.reason.as_deref())
+        .bind(i64::from(c.to == ProcState::Running))
+        .bind(c.at)
+        .bind(i64::from(c.to.is_final()))
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO history (proc_id, state, at, reason) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(c.to.as_str())
+            .bind(c.at)
+            .bind(c.reason.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    // ---- dispatch --------------------------------------------------------
+
+    /// Hosts that are up and heartbeated since `cutoff`, with their load.
+    pub async fn live_hosts(&self, cutoff: i64) -> Result<Vec<HostRow>> {
+        let sql = format!(
+            "SELECT h.id, h.host, h.port, h.scheme, h.max_procs, h.version, h.status, h.last_heartbeat, h.registered_at, \
+             (SELECT COUNT(*) FROM processes p WHERE p.host_id = h.id AND p.state IN {UNFINISHED}) AS busy \
+             FROM hosts h WHERE h.status = 'up' AND h.last_heartbeat >= $1 ORDER BY h.id"
+        );
+        let rows = sqlx::query(&sql).bind(cutoff).fetch_all(&self.read).await?;
+        rows.iter().map(host_row).collect()
+    }
+
+    /// The oldest queued processes.
+    pub async fn queued(&self, limit: i64) -> Result<Vec<QueuedProc>> {
+        let rows = sqlx::query(
+            "SELECT id, spec, created_at FROM processes WHERE state = 'queued' ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedProc {
+                    id: r.try_get(0)?,
+                    spec: r.try_get(1)?,
+                    created_at: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks processes `init` on their hosts, in one transaction; returns the
+    /// ids actually claimed (a process killed meanwhile is skipped).
+    pub async fn claim(&self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
+        let mut done = Vec::with_capacity(claims.len());
+        let mut tx = self.write.begin().await?;
+        for c in claims {
+            let n = sqlx::query(
+                "UPDATE processes SET state = 'init', host_id = $1, host = $2, token_hash = $3, \
+                 updated_at = $4, missed_heartbeats = 0, reason = NULL WHERE id = $5 AND state = 'queued'",
+            )
+            .bind(c.host_id)
+            .bind(&c.host)
+            .bind(&c.token_hash)
+            .bind(now)
+            .bind(c.proc_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                sqlx::query("INSERT INTO history (proc_id, state, at) VALUES ($1, 'init', $2)")
+                    .bind(c.proc_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                done.push(c.proc_id);
+            }
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Undoes a claim whose worker refused or could not be reached: the
+    /// process is `queued` again with no host, and the `init` entry goes.
+    pub async fn unclaim(&self, proc_id: i64, host_id: i64) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let n = sqlx::query(
+            "UPDATE processes SET state = 'queued', host_id = NULL, host = NULL, token_hash = NULL \
+             WHERE id = $1 AND state = 'init' AND host_id = $2",
+        )
+        .bind(proc_id)
+        .bind(host_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            sqlx::query("DELETE FROM history WHERE proc_id = $1 AND state = 'init'")
+                .bind(proc_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    // ---- hosts -----------------------------------------------------------
+
+    /// Registers a host or records its heartbeat; returns its id and first registration.
+    pub async fn heartbeat(
+        &self,
+        host: &str,
+        port: u16,
+        scheme: &str,
+        max_procs: u32,
+        version: &str,
+        now: i64,
+    ) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "INSERT INTO hosts (host, port, scheme, max_procs, version, status, last_heartbeat, registered_at) \
+             VALUES ($1, $2, $3, $4, $5, 'up', $6, $6) \
+             ON CONFLICT (host, port) DO UPDATE SET scheme = excluded.scheme, max_procs = excluded.max_procs, \
+             version = excluded.version, status = 'up', last_heartbeat = excluded.last_heartbeat \
+             RETURNING id, registered_at",
+        )
+        .bind(host)
+        .bind(i64::from(port))
+        .bind(scheme)
+        .bind(i64::from(max_procs))
+        .bind(version)
+        .bind(now)
+        .fetch_one(&self.write)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// Processes the master believes are setup/running on a host, with their
+    /// missed-heartbeat counts.
+    pub async fn active_on_host(&self, host_id: i64) -> Result<Vec<(i64, ProcState, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, state, missed_heartbeats FROM processes WHERE host_id = $1 AND state IN ('setup','running')",
+        )
+        .bind(host_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, state_of(r.try_get::<String, _>(1)?)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Sets the missed-heartbeat count of processes still in `state`.
+    pub async fn set_missed(&self, ids: &[i64], missed: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE processes SET missed_heartbeats = $1 WHERE id = $2")
+                .bind(missed)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every host, with its load.
+    pub async fn list_hosts(&self) -> Result<Vec<HostRow>> {
+        let sql = format!(
+            "SELECT h.id, h.host, h.port, h.scheme, h.max_procs, h.version, h.status, h.last_heartbeat, h.registered_at, \
+             (SELECT COUNT(*) FROM processes p WHERE p.host_id = h.id AND p.state IN {UNFINISHED}) AS busy \
+             FROM hosts h ORDER BY h.id"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.read).await?;
+        rows.iter().map(host_row).collect()
+    }
+
+    /// One host by id, or by `host:port` (`[v6]:port` for IPv6).
+    pub async fn get_host(&self, key: &str) -> Result<Option<HostRow>> {
+        let base = format!(
+            "SELECT h.id, h.host, h.port, h.scheme, h.max_procs, h.version, h.status, h.last_heartbeat, h.registered_at, \
+             (SELECT COUNT(*) FROM processes p WHERE p.host_id = h.id AND p.state IN {UNFINISHED}) AS busy FROM hosts h"
+        );
+        let row = if let Ok(id) = key.parse::<i64>() {
+            sqlx::query(&format!("{base} WHERE h.id = $1"))
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?
+        } else {
+            let Some((host, port)) = key.rsplit_once(':') else {
+                return Ok(None);
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let Ok(port) = port.parse::<u16>() else {
+                return Ok(None);
+            };
+            sqlx::query(&format!("{base} WHERE h.host = $1 AND h.port = $2"))
+                .bind(host)
+                .bind(i64::from(port))
+                .fetch_optional(&self.read)
+                .await?
+        };
+        row.as_ref().map(host_row).transpose()
+    }
+
+    /// Forgets a host.
+    pub async fn delete_host(&self, id: i64) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM hosts WHERE id = $1")
+            .bind(id)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Hosts recorded up whose last heartbeat is older than `cutoff`.
+    pub async fn stale_hosts(&self, cutoff: i64) -> Result<Vec<i64>> {
+        let rows = sqlx::query("SELECT id FROM hosts WHERE status = 'up' AND last_heartbeat < $1")
+            .bind(cutoff)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Marks a host down if it is still stale (a heartbeat may have just come).
+    pub async fn mark_host_down(&self, id: i64, cutoff: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE hosts SET status = 'down' WHERE id = $1 AND status = 'up' AND last_heartbeat < $2",
+        )
+        .bind(id)
+        .bind(cutoff)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Unfinished processes placed on a host.
+    pub async fn unfinished_on_host(&self, host_id: i64) -> Result<Vec<(i64, ProcState)>> {
+        let sql = format!("SELECT id, state FROM processes WHERE host_id = $1 AND state IN {UNFINISHED}");
+        let rows = sqlx::query(&sql).bind(host_id).fetch_all(&self.read).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, state_of(r.try_get::<String, _>(1)?)?)))
+            .collect()
+    }
+
+    // ---- logs ------------------------------------------------------------
+
+    /// Appends a chunk at `offset`, skipping bytes already held; past `cap`
+    /// bytes stored, the oldest chunks after the head half are dropped.
+    pub async fn append_log(&self, id: i64, offset: u64, data: &[u8], cap: u64) -> Result<Appended> {
+        for _ in 0..16 {
+            let row = sqlx::query("SELECT log_size, log_stored FROM processes WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?;
+            let Some(row) = row else {
+                return Ok(Appended::NotFound);
+            };
+            let size = u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0);
+            let stored = u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0);
+            if offset > size {
+                return Ok(Appended::Gap(size));
+            }
+            let end = offset + data.len() as u64;
+            if end <= size {
+                return Ok(Appended::Size(size));
+            }
+            let fresh = &data[usize::try_from(size - offset).unwrap_or(0)..];
+            let len = fresh.len() as i64;
+            let mut tx = self.write.begin().await?;
+            let n = sqlx::query(
+                "UPDATE processes SET log_size = $1, log_stored = log_stored + $2 WHERE id = $3 AND log_size = $4",
+            )
+            .bind(end as i64)
+            .bind(len)
+            .bind(id)
+            .bind(size as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                tx.rollback().await?;
+                continue;
+            }
+            sqlx::query("INSERT INTO log_chunks (proc_id, \"offset\", len, data) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(size as i64)
+                .bind(len)
+                .bind(fresh)
+                .execute(&mut *tx)
+                .await?;
+            let mut now_stored = stored + fresh.len() as u64;
+            if now_stored > cap {
+                let head = (cap / 2) as i64;
+                let rows = sqlx::query(
+                    "SELECT \"offset\", len FROM log_chunks WHERE proc_id = $1 AND \"offset\" >= $2 AND \"offset\" < $3 ORDER BY \"offset\" LIMIT 256",
+                )
+                .bind(id)
+                .bind(head)
+                .bind(size as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut dropped = 0i64;
+                for r in rows {
+                    if now_stored <= cap {
+                        break;
+                    }
+                    let (off, l): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+                    sqlx::query("DELETE FROM log_chunks WHERE proc_id = $1 AND \"offset\" = $2")
+                        .bind(id)
+                        .bind(off)
+                        .execute(&mut *tx)
+                        .await?;
+                    now_stored = now_stored.saturating_sub(l as u64);
+                    dropped += l;
+                }
+                if dropped > 0 {
+                    sqlx::query("UPDATE processes SET log_stored = log_stored - $1 WHERE id = $2")
+                        .bind(dropped)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            return Ok(Appended::Size(end));
+        }
+        Err(StoreError::Corrupt(format!(
+            "log of process {id} kept changing under concurrent uploads; retry the chunk"
+        )))
+    }
+
+    /// The offset of the stored chunk holding byte `at` (or the first after it).
+    pub async fn log_chunk_start(&self, id: i64, at: u64) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MAX(\"offset\") FROM log_chunks WHERE proc_id = $1 AND \"offset\" <= $2")
+            .bind(id)
+            .bind(at as i64)
+            .fetch_one(&self.read)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// Up to `limit` chunks at or after `from`, in order.
+    pub async fn log_chunks(&self, id: i64, from: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT \"offset\", data FROM log_chunks WHERE proc_id = $1 AND \"offset\" >= $2 ORDER BY \"offset\" LIMIT $3",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// The last chunks of a log, newest last, about `max_bytes` of them.
+    pub async fn log_tail(&self, id: i64, max_bytes: usize) -> Result<Vec<u8>> {
+        let rows = sqlx::query(
+            "SELECT data FROM log_chunks WHERE proc_id = $1 ORDER BY \"offset\" DESC LIMIT 8",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut total = 0;
+        for r in rows {
+            let d: Vec<u8> = r.try_get(0)?;
+            total += d.len();
+            parts.push(d);
+            if total >= max_bytes {
+                break;
+            }
+        }
+        parts.reverse();
+        let mut all = parts.concat();
+        if all.len() > max_bytes {
+            all.drain(..all.len() - max_bytes);
+        }
+        Ok(all)
+    }
+
+    // ---- files -----------------------------------------------------------
+
+    /// Records a stored file.
+    pub async fn put_file(&self, f: &FileRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO files (path, size, sha256, modified) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (path) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256, modified = excluded.modified",
+        )
+        .bind(&f.path)
+        .bind(f.size)
+        .bind(&f.sha256)
+        .bind(f.modified)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// One file's record.
+    pub async fn get_file(&self, path: &str) -> Result<Option<FileRow>> {
+        let row = sqlx::query("SELECT path, size, sha256, modified FROM files WHERE path = $1")
+            .bind(path)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| file_row(&r)).transpose()
+    }
+
+    /// Forgets a file.
+    pub async fn delete_file(&self, path: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM files WHERE path = $1")
+            .bind(path)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Every file, by path.
+    pub async fn list_files(&self) -> Result<Vec<FileRow>> {
+        let rows = sqlx::query("SELECT path, size, sha256, modified FROM files ORDER BY path")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(file_row).collect()
+    }
+
+    // ---- metrics and retention ------------------------------------------
+
+    /// Processes per state.
+    pub async fn count_by_state(&self) -> Result<Vec<(ProcState, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM processes GROUP BY state")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((state_of(r.try_get::<String, _>(0)?)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Deletes up to `batch` processes that ended before `cutoff`, with their
+    /// history and log; returns how many went.
+    pub async fn prune(&self, cutoff: i64, batch: i64) -> Result<usize> {
+        let rows = sqlx::query(
+            "SELECT id FROM processes WHERE ended_at IS NOT NULL AND ended_at < $1 ORDER BY ended_at LIMIT $2",
+        )
+        .bind(cutoff)
+        .bind(batch)
+        .fetch_all(&self.read)
+        .await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        let mut gone = 0;
+        let mut tx = self.write.begin().await?;
+        for id in ids {
+            let n = sqlx::query("DELETE FROM processes WHERE id = $1 AND ended_at IS NOT NULL AND ended_at < $2")
+                .bind(id)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                for table in ["history", "log_chunks"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE proc_id = $1"))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                gone += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(gone)
+    }
+}
+
+/// Makes sure a SQLite URL creates its file, and its directory exists.
+fn sqlite_url(url: &str) -> Result<String> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" && !path.is_empty() {
+        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    let mut out = format!("sqlite://{path}");
+    if query.contains("mode=") {
+        out.push('?');
+        out.push_str(query);
+    } else if query.is_empty() {
+        out.push_str("?mode=rwc");
+    } else {
+        out.push('?');
+        out.push_str(query);
+        out.push_str("&mode=rwc");
+    }
+    Ok(out)
+}
+
+async fn sqlite_pool(url: &str, max: u32, acquire: Duration) -> Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(max)
+        .min_connections(1)
+        .acquire_timeout(acquire)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // WAL lets readers run beside the writer; FULL sync because an
+                // acknowledged report is never resent by the runner.
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
+}
+
+/// Splits a migration into statements (they hold no `;` inside).
+fn split_sql(sql: &str) -> Vec<String> {
+    let cleaned: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    cleaned
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn state_of(s: String) -> Result<ProcState> {
+    ProcState::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn proc_row(r: &AnyRow, with_spec: bool) -> Result<ProcRow> {
+    let cmd: String = r.try_get("cmd")?;
+    Ok(ProcRow {
+        id: r.try_get("id")?,
+        state: state_of(r.try_get("state")?)?,
+        spec: if with_spec { r.try_get("spec")? } else { String::new() },
+        cmd: serde_json::from_str(&cmd).map_err(|e| StoreError::Corrupt(format!("cmd: {e}")))?,
+        host_id: r.try_get("host_id")?,
+        host: r.try_get("host")?,
+        pid: r.try_get("pid")?,
+        exit_code: r.try_get("exit_code")?,
+        signal: r.try_get("signal")?,
+        reason: r.try_get("reason")?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        updated_at: r.try_get("updated_at")?,
+        token_hash: r.try_get("token_hash")?,
+        log_size: r.try_get("log_size")?,
+    })
+}
+
+fn host_row(r: &AnyRow) -> Result<HostRow> {
+    Ok(HostRow {
+        id: r.try_get(0)?,
+        host: r.try_get(1)?,
+        port: r.try_get(2)?,
+        scheme: r.try_get(3)?,
+        max_procs: r.try_get(4)?,
+        version: r.try_get(5)?,
+        status: r.try_get(6)?,
+        last_heartbeat: r.try_get(7)?,
+        registered_at: r.try_get(8)?,
+        busy: r.try_get(9)?,
+    })
+}
+
+fn file_row(r: &AnyRow) -> Result<FileRow> {
+    Ok(FileRow {
+        path: r.try_get(0)?,
+        size: r.try_get(1)?,
+        sha256: r.try_get(2)?,
+        modified: r.try_get(3)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_split_into_statements() {
+        let stmts = split_sql(SQLITE_MIGRATIONS[0].1);
+        assert!(stmts.len() >= 8);
+        assert!(stmts.iter().all(|s| !s.contains(';')));
+        assert_eq!(split_sql(POSTGRES_MIGRATIONS[0].1).len(), stmts.len());
+    }
+
+    #[test]
+    fn sqlite_urls_create_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a/b/x.db");
+        let url = sqlite_url(&format!("sqlite://{}", p.display())).expect("url");
+        assert!(url.ends_with("?mode=rwc"));
+        assert!(dir.path().join("a/b").is_dir());
+    }
+}
