@@ -489,7 +489,7 @@ impl Client {
     /// `GET /files/`: every file in the store.
     pub async fn list_files(&self) -> Result<Vec<FileEntry>> {
         let value: Value = self
-            .json(awc::http::Method::GET, "files/", Body::None)
+            .json(awc::http::Method::GET, "files", Body::None)
             .await?;
         // A bare list, or an object holding it under `files`.
         let list = match value {
@@ -497,7 +497,7 @@ impl Client {
             other => other,
         };
         serde_json::from_value(list).map_err(|e| Error::Decode {
-            url: format!("{}files/", self.master_url()),
+            url: format!("{}files", self.master_url()),
             message: e.to_string(),
         })
     }

@@ -371,6 +371,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_the_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/worker.toml");
+        let c = Config::load(Some(&file), env(&[]), &Overrides::default())
+            .expect("deploy/worker.toml loads");
+        assert_eq!(c, Config::default(), "the example shows the defaults");
+    }
+
+    #[test]
     fn bad_values_say_what_to_do() {
         let err = Config::load(
             None,

@@ -1,0 +1,1 @@
+//! The worker with the real `dadd-runner` binary (built if missing).
