@@ -330,15 +330,15 @@ impl Client {
     }
 
     /// `DELETE /api/procs/{id}`: stops the process (a queued one is `killed`
-    /// at once; a placed one through its worker). Answers the process as the
-    /// master then sees it.
-    pub async fn kill(&self, id: ProcId) -> Result<Value> {
-        let url = self.url(&format!("api/procs/{id}"))?;
-        let req = self.request(awc::http::Method::DELETE, &url);
-        let mut resp = self.send(req, &url, Body::None).await?;
-        let raw = resp.body().limit(JSON_LIMIT).await.unwrap_or_default();
-        // Some masters answer 204 with no body; that is a success too.
-        Ok(serde_json::from_slice(&raw).unwrap_or(Value::Null))
+    /// at once; a placed one through its worker, and its runner then reports
+    /// `killed`). Answers the process as the master sees it now.
+    pub async fn kill(&self, id: ProcId) -> Result<ProcSummary> {
+        self.json(
+            awc::http::Method::DELETE,
+            &format!("api/procs/{id}"),
+            Body::None,
+        )
+        .await
     }
 
     /// `PUT /api/procs/{id}/state`: a runner's state report (use a client
@@ -447,7 +447,7 @@ impl Client {
     // ---- files --------------------------------------------------------
 
     /// `PUT /files/{remote}`: uploads a local file, streamed.
-    pub async fn put_file(&self, local: &Path, remote: &str) -> Result<Value> {
+    pub async fn put_file(&self, local: &Path, remote: &str) -> Result<FileEntry> {
         let file = tokio::fs::File::open(local)
             .await
             .map_err(|source| Error::Io {
@@ -465,10 +465,8 @@ impl Client {
             })?
             .len();
         let url = self.file_url(remote)?;
-        let req = self.request(awc::http::Method::PUT, &url);
-        let mut resp = self.send(req, &url, Body::File { file, len }).await?;
-        let raw = resp.body().limit(JSON_LIMIT).await.unwrap_or_default();
-        Ok(serde_json::from_slice(&raw).unwrap_or(Value::Null))
+        self.json_at(awc::http::Method::PUT, &url, Body::File { file, len })
+            .await
     }
 
     /// `GET /files/{remote}` copied into `out`; answers the bytes copied.

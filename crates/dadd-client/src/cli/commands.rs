@@ -83,10 +83,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<Code> {
             if json {
                 print_json(&answer)?;
             } else {
-                match answer.get("state").and_then(|s| s.as_str()) {
-                    Some(state) => println!("process {id}: kill requested (now {state})"),
-                    None => println!("process {id}: kill requested"),
-                }
+                println!("process {id}: kill requested (now {})", answer.state);
             }
             Ok(Code::Success)
         }
@@ -179,7 +176,13 @@ async fn files(client: &Client, command: FilesCommand, json: bool) -> anyhow::Re
             if json {
                 print_json(&answer)?;
             } else {
-                println!("uploaded {} to /files/{remote}", local.display());
+                println!(
+                    "uploaded {} to /files/{} ({} bytes, sha256 {})",
+                    local.display(),
+                    answer.path,
+                    answer.size,
+                    answer.sha256
+                );
             }
         }
         FilesCommand::Get { remote, local } => {

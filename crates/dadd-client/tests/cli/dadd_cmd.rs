@@ -1,0 +1,1 @@
+//! The `dadd` binary.
