@@ -83,7 +83,12 @@ impl Shared {
 
     /// Applies a change only if the process is still in `from`, with its
     /// consequences; false when it moved meanwhile.
-    pub async fn change_from(&self, id: i64, from: ProcState, change: &Change) -> Result<bool, StoreError> {
+    pub async fn change_from(
+        &self,
+        id: i64,
+        from: ProcState,
+        change: &Change,
+    ) -> Result<bool, StoreError> {
         if !self.store.transition(id, from, change).await? {
             return Ok(false);
         }

@@ -113,7 +113,8 @@ impl Auth {
             Ok(())
         } else {
             Err(ApiError::Forbidden(
-                "this token is not good for this process: a runner reports only on its own process".into(),
+                "this token is not good for this process: a runner reports only on its own process"
+                    .into(),
             ))
         }
     }
@@ -125,9 +126,7 @@ impl Auth {
 }
 
 fn missing() -> ApiError {
-    ApiError::Unauthorized(
-        "missing credentials: send Authorization: Bearer <token>".into(),
-    )
+    ApiError::Unauthorized("missing credentials: send Authorization: Bearer <token>".into())
 }
 
 #[cfg(test)]

@@ -39,7 +39,11 @@ pub enum ConfigError {
 
 /// The command line of `dadd-master`.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "dadd-master", version, about = "Dadd's master: REST API, store, dispatcher, host liveness")]
+#[command(
+    name = "dadd-master",
+    version,
+    about = "Dadd's master: REST API, store, dispatcher, host liveness"
+)]
 pub struct Cli {
     /// A TOML configuration file (every key: deploy/master.toml).
     #[arg(long, value_name = "FILE")]
@@ -393,9 +397,8 @@ impl Config {
         let defaults = config::Config::try_from(&Config::default())?;
         let mut builder = config::Config::builder().add_source(defaults);
         if let Some(path) = &cli.config {
-            builder = builder.add_source(
-                config::File::from(path.as_path()).format(config::FileFormat::Toml),
-            );
+            builder = builder
+                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
         }
         let env_map = filter_env(env)?;
         builder = builder.add_source(
@@ -471,7 +474,10 @@ impl Config {
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.bind.parse().map_err(|e| ConfigError::Invalid {
             key: "bind",
-            reason: format!("{:?} is not an address like 127.0.0.1:5000 ({e})", self.bind),
+            reason: format!(
+                "{:?} is not an address like 127.0.0.1:5000 ({e})",
+                self.bind
+            ),
         })
     }
 

@@ -194,7 +194,10 @@ async fn place(
             tracing::debug!(proc = q.id, host = %host.address(), "placed");
         }
         Err(e) => {
-            shared.metrics.dispatch_failures.fetch_add(1, Ordering::Relaxed);
+            shared
+                .metrics
+                .dispatch_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(proc = q.id, host = %host.address(), error = %e, "placement failed; the process goes back to the queue");
             let backoff_for = secs(shared.cfg.dispatch.host_backoff_secs);
             backoff

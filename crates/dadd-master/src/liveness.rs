@@ -37,14 +37,21 @@ pub async fn sweep(shared: &Shared) -> Result<(), crate::store::StoreError> {
         if !shared.store.mark_host_down(host_id, cutoff).await? {
             continue;
         }
-        tracing::warn!(host = host_id, "host missed its heartbeats past the TTL: down");
+        tracing::warn!(
+            host = host_id,
+            "host missed its heartbeats past the TTL: down"
+        );
         lose_all(shared, host_id, "host down").await?;
     }
     Ok(())
 }
 
 /// Every unfinished process of a host becomes lost.
-pub async fn lose_all(shared: &Shared, host_id: i64, reason: &str) -> Result<(), crate::store::StoreError> {
+pub async fn lose_all(
+    shared: &Shared,
+    host_id: i64,
+    reason: &str,
+) -> Result<(), crate::store::StoreError> {
     for (id, _) in shared.store.unfinished_on_host(host_id).await? {
         shared
             .change(id, Change::to(ProcState::Lost, Some(reason), now_ms()))

@@ -14,7 +14,10 @@ async fn main() -> std::process::ExitCode {
         }
     };
     dadd_master::init_tracing(cfg.log_format);
-    match dadd_master::run(cfg).await.context("dadd-master stopped on an error") {
+    match dadd_master::run(cfg)
+        .await
+        .context("dadd-master stopped on an error")
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -47,13 +47,19 @@ impl Metrics {
     pub async fn render(&self, store: &Store, hosts_up: u64) -> Result<String, StoreError> {
         let counts = store.count_by_state().await?;
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP dadd_processes Processes in the store, by state.");
+        let _ = writeln!(
+            out,
+            "# HELP dadd_processes Processes in the store, by state."
+        );
         let _ = writeln!(out, "# TYPE dadd_processes gauge");
         for st in ProcState::ALL {
             let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
             let _ = writeln!(out, "dadd_processes{{state=\"{st}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP dadd_hosts_up Worker hosts heartbeating within the TTL.");
+        let _ = writeln!(
+            out,
+            "# HELP dadd_hosts_up Worker hosts heartbeating within the TTL."
+        );
         let _ = writeln!(out, "# TYPE dadd_hosts_up gauge");
         let _ = writeln!(out, "dadd_hosts_up {hosts_up}");
         let _ = writeln!(
@@ -63,18 +69,40 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE dadd_dispatch_latency_seconds histogram");
         for (i, le) in BUCKETS.iter().enumerate() {
             let n = self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "dadd_dispatch_latency_seconds_bucket{{le=\"{le}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "dadd_dispatch_latency_seconds_bucket{{le=\"{le}\"}} {n}"
+            );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "dadd_dispatch_latency_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "dadd_dispatch_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "dadd_dispatch_latency_seconds_sum {sum}");
         let _ = writeln!(out, "dadd_dispatch_latency_seconds_count {count}");
         for (name, help, v) in [
-            ("dadd_placements_total", "Processes a worker accepted.", &self.placements),
-            ("dadd_dispatch_failures_total", "Calls to a worker's /run that failed.", &self.dispatch_failures),
-            ("dadd_notifications_sent_total", "Notifications delivered.", &self.notifications_sent),
-            ("dadd_notifications_failed_total", "Notifications given up on.", &self.notifications_failed),
+            (
+                "dadd_placements_total",
+                "Processes a worker accepted.",
+                &self.placements,
+            ),
+            (
+                "dadd_dispatch_failures_total",
+                "Calls to a worker's /run that failed.",
+                &self.dispatch_failures,
+            ),
+            (
+                "dadd_notifications_sent_total",
+                "Notifications delivered.",
+                &self.notifications_sent,
+            ),
+            (
+                "dadd_notifications_failed_total",
+                "Notifications given up on.",
+                &self.notifications_failed,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");

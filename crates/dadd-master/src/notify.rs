@@ -86,7 +86,11 @@ pub async fn run(
     }
 }
 
-async fn build(shared: &Shared, id: i64, state: ProcState) -> Result<Notice, crate::store::StoreError> {
+async fn build(
+    shared: &Shared,
+    id: i64,
+    state: ProcState,
+) -> Result<Notice, crate::store::StoreError> {
     let row = shared.store.get_proc(id).await?;
     let tail = shared.store.log_tail(id, 64 << 10).await?;
     let text = String::from_utf8_lossy(&tail);
@@ -161,7 +165,9 @@ async fn webhook(shared: &Shared, url: &str, notice: &Notice) -> bool {
                 tracing::info!(proc = notice.id, "webhook notified");
                 return true;
             }
-            Ok(resp) => tracing::warn!(proc = notice.id, attempt, status = %resp.status(), "webhook refused the notification"),
+            Ok(resp) => {
+                tracing::warn!(proc = notice.id, attempt, status = %resp.status(), "webhook refused the notification")
+            }
             Err(e) => tracing::warn!(proc = notice.id, attempt, error = %e, "webhook unreachable"),
         }
         if attempt < attempts {
@@ -169,7 +175,11 @@ async fn webhook(shared: &Shared, url: &str, notice: &Notice) -> bool {
             wait = (wait * 2).min(Duration::from_secs(300));
         }
     }
-    tracing::error!(proc = notice.id, attempts, "giving up on the webhook notification");
+    tracing::error!(
+        proc = notice.id,
+        attempts,
+        "giving up on the webhook notification"
+    );
     false
 }
 

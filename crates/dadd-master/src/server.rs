@@ -103,7 +103,9 @@ pub async fn start(cfg: Config) -> Result<MasterHandle, StartError> {
         return Err(StartError::Unprotected(bind));
     }
     if !bind.ip().is_loopback() && cfg.auth.cluster_secret.is_none() {
-        tracing::warn!("no auth.cluster_secret: any host that reaches the master can register as a worker");
+        tracing::warn!(
+            "no auth.cluster_secret: any host that reaches the master can register as a worker"
+        );
     }
     std::fs::create_dir_all(&cfg.state_dir).map_err(|source| StartError::StateDir {
         path: cfg.state_dir.display().to_string(),
@@ -112,11 +114,16 @@ pub async fn start(cfg: Config) -> Result<MasterHandle, StartError> {
     let store = Store::connect(&cfg.database_url(), &cfg.store).await?;
     let client_tls = crate::workers::client_tls(&cfg.tls)?;
     let server_tls = crate::workers::server_tls(&cfg.tls)?;
-    let listener = TcpListener::bind(bind).map_err(|source| StartError::Bind { addr: bind, source })?;
+    let listener =
+        TcpListener::bind(bind).map_err(|source| StartError::Bind { addr: bind, source })?;
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr: bind, source })?;
-    let scheme = if server_tls.is_some() { "https" } else { "http" };
+    let scheme = if server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let public_url = cfg
         .public_url
         .clone()
@@ -166,10 +173,17 @@ pub async fn start(cfg: Config) -> Result<MasterHandle, StartError> {
     let mut tasks = vec![
         actix_rt::spawn(crate::dispatch::run(Arc::clone(&shared), stop_rx.clone())),
         actix_rt::spawn(crate::liveness::run(Arc::clone(&shared), stop_rx.clone())),
-        actix_rt::spawn(crate::liveness::retention(Arc::clone(&shared), stop_rx.clone())),
+        actix_rt::spawn(crate::liveness::retention(
+            Arc::clone(&shared),
+            stop_rx.clone(),
+        )),
     ];
     if let Some(rx) = notices {
-        tasks.push(actix_rt::spawn(crate::notify::run(Arc::clone(&shared), rx, stop_rx)));
+        tasks.push(actix_rt::spawn(crate::notify::run(
+            Arc::clone(&shared),
+            rx,
+            stop_rx,
+        )));
     }
     tracing::info!(%addr, url = %public_url, store = shared.store.backend().name(), "dadd-master listening");
     Ok(MasterHandle {

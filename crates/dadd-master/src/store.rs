@@ -60,7 +60,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// A migration failed.
-    #[error("store migration {version} failed: {source}; the database was left at the previous version")]
+    #[error(
+        "store migration {version} failed: {source}; the database was left at the previous version"
+    )]
     Migration {
         /// The migration's version.
         version: i64,
@@ -88,7 +90,8 @@ impl From<sqlx::Error> for StoreError {
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Embedded migrations: (version, SQL) per backend.
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] =
     &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
 
@@ -395,7 +398,8 @@ impl Store {
 
     /// Stores a new `queued` process and its first history entry.
     pub async fn insert_proc(&self, spec: &str, cmd: &[String], now: i64) -> Result<ProcRow> {
-        let cmd_json = serde_json::to_string(cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let cmd_json =
+            serde_json::to_string(cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.write.begin().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO processes (state, spec, cmd, created_at, updated_at) VALUES ('queued', $1, $2, $3, $3) RETURNING id",
@@ -435,7 +439,10 @@ impl Store {
     /// One process, with its spec.
     pub async fn get_proc(&self, id: i64) -> Result<Option<ProcRow>> {
         let sql = format!("SELECT {SUMMARY_COLS}, spec FROM processes WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.read).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
         row.map(|r| proc_row(&r, true)).transpose()
     }
 
@@ -479,10 +486,11 @@ impl Store {
 
     /// A process's history, oldest first.
     pub async fn history(&self, id: i64) -> Result<Vec<HistoryRow>> {
-        let rows = sqlx::query("SELECT state, at, reason FROM history WHERE proc_id = $1 ORDER BY at, id")
-            .bind(id)
-            .fetch_all(&self.read)
-            .await?;
+        let rows =
+            sqlx::query("SELECT state, at, reason FROM history WHERE proc_id = $1 ORDER BY at, id")
+                .bind(id)
+                .fetch_all(&self.read)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(HistoryRow {
@@ -660,7 +668,13 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, state_of(r.try_get::<String, _>(1)?)?, r.try_get(2)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    state_of(r.try_get::<String, _>(1)?)?,
+                    r.try_get(2)?,
+                ))
+            })
             .collect()
     }
 
@@ -754,8 +768,12 @@ impl Store {
 
     /// Unfinished processes placed on a host.
     pub async fn unfinished_on_host(&self, host_id: i64) -> Result<Vec<(i64, ProcState)>> {
-        let sql = format!("SELECT id, state FROM processes WHERE host_id = $1 AND state IN {UNFINISHED}");
-        let rows = sqlx::query(&sql).bind(host_id).fetch_all(&self.read).await?;
+        let sql =
+            format!("SELECT id, state FROM processes WHERE host_id = $1 AND state IN {UNFINISHED}");
+        let rows = sqlx::query(&sql)
+            .bind(host_id)
+            .fetch_all(&self.read)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, state_of(r.try_get::<String, _>(1)?)?)))
             .collect()
@@ -765,7 +783,13 @@ impl Store {
 
     /// Appends a chunk at `offset`, skipping bytes already held; past `cap`
     /// bytes stored, the oldest chunks after the head half are dropped.
-    pub async fn append_log(&self, id: i64, offset: u64, data: &[u8], cap: u64) -> Result<Appended> {
+    pub async fn append_log(
+        &self,
+        id: i64,
+        offset: u64,
+        data: &[u8],
+        cap: u64,
+    ) -> Result<Appended> {
         for _ in 0..16 {
             let row = sqlx::query("SELECT log_size, log_stored FROM processes WHERE id = $1")
                 .bind(id)
@@ -800,13 +824,15 @@ impl Store {
                 tx.rollback().await?;
                 continue;
             }
-            sqlx::query("INSERT INTO log_chunks (proc_id, \"offset\", len, data) VALUES ($1, $2, $3, $4)")
-                .bind(id)
-                .bind(size as i64)
-                .bind(len)
-                .bind(fresh)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO log_chunks (proc_id, \"offset\", len, data) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(size as i64)
+            .bind(len)
+            .bind(fresh)
+            .execute(&mut *tx)
+            .await?;
             let mut now_stored = stored + fresh.len() as u64;
             if now_stored > cap {
                 let head = (cap / 2) as i64;
@@ -850,11 +876,13 @@ impl Store {
 
     /// The offset of the stored chunk holding byte `at` (or the first after it).
     pub async fn log_chunk_start(&self, id: i64, at: u64) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT MAX(\"offset\") FROM log_chunks WHERE proc_id = $1 AND \"offset\" <= $2")
-            .bind(id)
-            .bind(at as i64)
-            .fetch_one(&self.read)
-            .await?;
+        let row = sqlx::query(
+            "SELECT MAX(\"offset\") FROM log_chunks WHERE proc_id = $1 AND \"offset\" <= $2",
+        )
+        .bind(id)
+        .bind(at as i64)
+        .fetch_one(&self.read)
+        .await?;
         Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 
@@ -868,7 +896,9 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.read)
         .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     /// The last chunks of a log, newest last, about `max_bytes` of them.
@@ -963,16 +993,21 @@ impl Store {
         .bind(batch)
         .fetch_all(&self.read)
         .await?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        let ids: Vec<i64> = rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         let mut gone = 0;
         let mut tx = self.write.begin().await?;
         for id in ids {
-            let n = sqlx::query("DELETE FROM processes WHERE id = $1 AND ended_at IS NOT NULL AND ended_at < $2")
-                .bind(id)
-                .bind(cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let n = sqlx::query(
+                "DELETE FROM processes WHERE id = $1 AND ended_at IS NOT NULL AND ended_at < $2",
+            )
+            .bind(id)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             if n == 1 {
                 for table in ["history", "log_chunks"] {
                     sqlx::query(&format!("DELETE FROM {table} WHERE proc_id = $1"))
@@ -993,7 +1028,10 @@ fn sqlite_url(url: &str) -> Result<String> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if path != ":memory:" && !path.is_empty() {
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
                 path: dir.display().to_string(),
                 source,
@@ -1057,7 +1095,11 @@ fn proc_row(r: &AnyRow, with_spec: bool) -> Result<ProcRow> {
     Ok(ProcRow {
         id: r.try_get("id")?,
         state: state_of(r.try_get("state")?)?,
-        spec: if with_spec { r.try_get("spec")? } else { String::new() },
+        spec: if with_spec {
+            r.try_get("spec")?
+        } else {
+            String::new()
+        },
         cmd: serde_json::from_str(&cmd).map_err(|e| StoreError::Corrupt(format!("cmd: {e}")))?,
         host_id: r.try_get("host_id")?,
         host: r.try_get("host")?,

@@ -141,7 +141,15 @@ fn bearer(secret: Option<&str>) -> Option<String> {
     secret.map(|s| format!("Bearer {s}"))
 }
 
-async fn finish(url: String, resp: Result<awc::ClientResponse<impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin>, awc::error::SendRequestError>) -> Result<StatusCode, CallError> {
+async fn finish(
+    url: String,
+    resp: Result<
+        awc::ClientResponse<
+            impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+        >,
+        awc::error::SendRequestError,
+    >,
+) -> Result<StatusCode, CallError> {
     let mut resp = resp.map_err(|e| CallError::Unreachable {
         url: url.clone(),
         message: e.to_string(),

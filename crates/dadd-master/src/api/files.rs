@@ -86,11 +86,18 @@ fn path_of(req: &HttpRequest) -> Result<String, ApiError> {
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> ApiError {
     tracing::error!(path = %path.display(), error = %e, "file store {what} failed");
-    ApiError::Internal(format!("file store {what} failed for {}: {e}", path.display()))
+    ApiError::Internal(format!(
+        "file store {what} failed for {}: {e}",
+        path.display()
+    ))
 }
 
 /// `PUT /files/{path}`: stream to disk, answer the entry (sha256 as ETag).
-pub async fn put(st: State, req: HttpRequest, mut payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn put(
+    st: State,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     st.auth.user(&req)?;
     let rel = path_of(&req)?;
     let limit = st.cfg.limits.file_bytes;
@@ -101,10 +108,14 @@ pub async fn put(st: State, req: HttpRequest, mut payload: web::Payload) -> Resu
     let dest = root.join(&rel);
     let tmp_dir = st.cfg.state_dir.join("files.tmp");
     for d in [&root, &tmp_dir] {
-        tokio::fs::create_dir_all(d).await.map_err(|e| io_err("mkdir", d, e))?;
+        tokio::fs::create_dir_all(d)
+            .await
+            .map_err(|e| io_err("mkdir", d, e))?;
     }
     let tmp = tmp_dir.join(crate::auth::mint_token());
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io_err("create", &tmp, e))?;
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| io_err("create", &tmp, e))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let result: Result<(), ApiError> = async {
@@ -115,19 +126,29 @@ pub async fn put(st: State, req: HttpRequest, mut payload: web::Payload) -> Resu
                 return Err(ApiError::TooLarge { limit });
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| io_err("write", &tmp, e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| io_err("write", &tmp, e))?;
         }
         file.sync_all().await.map_err(|e| io_err("sync", &tmp, e))?;
         if let Some(parent) = dest.parent() {
             if parent.is_file() {
-                return Err(ApiError::Conflict(format!("{rel}: a parent of this path is a file")));
+                return Err(ApiError::Conflict(format!(
+                    "{rel}: a parent of this path is a file"
+                )));
             }
-            tokio::fs::create_dir_all(parent).await.map_err(|e| io_err("mkdir", parent, e))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io_err("mkdir", parent, e))?;
         }
         if dest.is_dir() {
-            return Err(ApiError::Conflict(format!("{rel} is a directory of the store")));
+            return Err(ApiError::Conflict(format!(
+                "{rel} is a directory of the store"
+            )));
         }
-        tokio::fs::rename(&tmp, &dest).await.map_err(|e| io_err("rename", &dest, e))?;
+        tokio::fs::rename(&tmp, &dest)
+            .await
+            .map_err(|e| io_err("rename", &dest, e))?;
         Ok(())
     }
     .await;
@@ -161,11 +182,11 @@ fn entry(r: &FileRow) -> FileEntry {
 pub async fn get(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     st.auth.user(&req)?;
     let rel = path_of(&req)?;
-    let row = st
-        .store
-        .get_file(&rel)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no file {rel:?} in the store (GET /files/ lists them)")))?;
+    let row = st.store.get_file(&rel).await?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no file {rel:?} in the store (GET /files/ lists them)"
+        ))
+    })?;
     let etag = format!("\"{}\"", row.sha256);
     if req
         .headers()
@@ -173,12 +194,16 @@ pub async fn get(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
     {
-        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .finish());
     }
     let path = root(&st).join(&rel);
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            ApiError::NotFound(format!("file {rel:?} is recorded but missing on disk; upload it again"))
+            ApiError::NotFound(format!(
+                "file {rel:?} is recorded but missing on disk; upload it again"
+            ))
         } else {
             io_err("open", &path, e)
         }
@@ -240,8 +265,20 @@ mod tests {
     #[test]
     fn escapes_are_refused() {
         for p in [
-            "../x", "a/../../x", "%2e%2e/x", "%2E%2E%2Fx", "a/%2e%2e", "/etc/passwd", "%2fetc",
-            "a\\..\\x", "a%5c..", "a%00b", "a//b", "./a", "%252e%252e/x", "",
+            "../x",
+            "a/../../x",
+            "%2e%2e/x",
+            "%2E%2E%2Fx",
+            "a/%2e%2e",
+            "/etc/passwd",
+            "%2fetc",
+            "a\\..\\x",
+            "a%5c..",
+            "a%00b",
+            "a//b",
+            "./a",
+            "%252e%252e/x",
+            "",
         ] {
             assert!(clean_path(p).is_err(), "{p} must be refused");
         }

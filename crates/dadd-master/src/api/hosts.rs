@@ -20,7 +20,10 @@ pub(super) async fn heartbeat(
 ) -> Result<HttpResponse, ApiError> {
     st.auth.cluster(&req)?;
     let body = read_body(&req, payload, st.cfg.limits.json_bytes).await?;
-    let hb: HostHeartbeat = parse_json(&body, "heartbeat ({\"host\", \"port\", \"max_procs\", \"version\", \"running\"})")?;
+    let hb: HostHeartbeat = parse_json(
+        &body,
+        "heartbeat ({\"host\", \"port\", \"max_procs\", \"version\", \"running\"})",
+    )?;
     let mut problems = Vec::new();
     if hb.host.trim().is_empty() || hb.host.contains(['/', ' ', '@']) {
         problems.push(format!("host: {:?} is not a host name or address", hb.host));
@@ -40,7 +43,14 @@ pub(super) async fn heartbeat(
     let now = now_ms();
     let (host_id, _) = st
         .store
-        .heartbeat(&hb.host, hb.port, &hb.scheme, hb.max_procs, &hb.version, now)
+        .heartbeat(
+            &hb.host,
+            hb.port,
+            &hb.scheme,
+            hb.max_procs,
+            &hb.version,
+            now,
+        )
         .await?;
     vanished(&st, host_id, &hb.running).await?;
     let row = st
@@ -67,9 +77,17 @@ async fn vanished(st: &State, host_id: i64, running: &[i64]) -> Result<(), ApiEr
                 reset.push(id);
             }
         } else if missed + 1 >= limit {
-            tracing::warn!(proc = id, host = host_id, "runner missing from {} heartbeats: lost", missed + 1);
-            st.change(id, Change::to(ProcState::Lost, Some("runner vanished"), now_ms()))
-                .await?;
+            tracing::warn!(
+                proc = id,
+                host = host_id,
+                "runner missing from {} heartbeats: lost",
+                missed + 1
+            );
+            st.change(
+                id,
+                Change::to(ProcState::Lost, Some("runner vanished"), now_ms()),
+            )
+            .await?;
         } else {
             bump.entry(missed + 1).or_default().push(id);
         }
@@ -86,7 +104,10 @@ pub(super) async fn list(st: State, req: HttpRequest) -> Result<HttpResponse, Ap
     st.auth.user(&req)?;
     let now = now_ms();
     let hosts = st.store.list_hosts().await?;
-    let infos: Vec<_> = hosts.iter().map(|h| host_info(h, st.ttl_ms(), now)).collect();
+    let infos: Vec<_> = hosts
+        .iter()
+        .map(|h| host_info(h, st.ttl_ms(), now))
+        .collect();
     Ok(json(StatusCode::OK, &infos))
 }
 
@@ -114,5 +135,7 @@ pub(super) async fn delete(st: State, req: HttpRequest) -> Result<HttpResponse, 
 }
 
 fn no_host(k: &str) -> ApiError {
-    ApiError::NotFound(format!("no host {k:?}: give its id or host:port (GET /api/hosts lists them)"))
+    ApiError::NotFound(format!(
+        "no host {k:?}: give its id or host:port (GET /api/hosts lists them)"
+    ))
 }

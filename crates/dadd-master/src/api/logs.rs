@@ -48,7 +48,11 @@ pub(super) async fn append(
         Some(o) => o
             .parse()
             .map_err(|_| ApiError::bad(format!("bad ?offset={o}: give the chunk's byte offset")))?,
-        None => return Err(ApiError::bad("missing ?offset=: give the chunk's byte offset")),
+        None => {
+            return Err(ApiError::bad(
+                "missing ?offset=: give the chunk's byte offset",
+            ))
+        }
     };
     let body = read_body(&req, payload, st.cfg.limits.log_chunk_bytes).await?;
     let a = st
@@ -99,7 +103,11 @@ pub(super) async fn upload(
 pub(super) async fn read(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     st.auth.user(&req)?;
     let id = proc_id(&req)?;
-    let row = st.store.get_proc(id).await?.ok_or_else(|| ApiError::no_proc(id))?;
+    let row = st
+        .store
+        .get_proc(id)
+        .await?
+        .ok_or_else(|| ApiError::no_proc(id))?;
     let q = query(&req);
     let offset: u64 = match q.get("offset") {
         Some(o) => o

@@ -51,7 +51,10 @@ fn security(method: &str, path: &str) -> Value {
         json!([])
     } else if path == "/api/hosts" && method == "post" {
         json!([{"clusterSecret": []}])
-    } else if path.ends_with("/state") || path.ends_with("/{state}") || (path.ends_with("/logfile") && method != "get") {
+    } else if path.ends_with("/state")
+        || path.ends_with("/{state}")
+        || (path.ends_with("/logfile") && method != "get")
+    {
         json!([{"processToken": []}, {"apiToken": []}])
     } else {
         json!([{"apiToken": []}])
@@ -68,7 +71,10 @@ fn responses(method: &str, path: &str) -> Value {
     };
     r.insert(ok.into(), json!({"description": "success"}));
     if method == "delete" && path == "/api/procs/{id}" || path == "/api/procs/{id}/kill" {
-        r.insert("202".into(), json!({"description": "kill sent to the worker; the runner reports killed"}));
+        r.insert(
+            "202".into(),
+            json!({"description": "kill sent to the worker; the runner reports killed"}),
+        );
         r.insert("502".into(), err.clone());
     }
     for code in ["400", "401", "403", "404", "409", "413", "503"] {

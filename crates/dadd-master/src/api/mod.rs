@@ -38,10 +38,22 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("delete", "/api/procs/{id}", "kill a process"),
     ("post", "/api/procs/{id}/kill", "kill a process"),
     ("put", "/api/procs/{id}/state", "a runner's state report"),
-    ("post", "/api/procs/{id}/{state}", "a runner's state report (original form)"),
-    ("put", "/api/procs/{id}/logfile", "append a log chunk at ?offset="),
+    (
+        "post",
+        "/api/procs/{id}/{state}",
+        "a runner's state report (original form)",
+    ),
+    (
+        "put",
+        "/api/procs/{id}/logfile",
+        "append a log chunk at ?offset=",
+    ),
     ("post", "/api/procs/{id}/logfile", "upload the whole log"),
-    ("get", "/api/procs/{id}/logfile", "read the log, whole or from ?offset="),
+    (
+        "get",
+        "/api/procs/{id}/logfile",
+        "read the log, whole or from ?offset=",
+    ),
     ("post", "/api/hosts", "a worker's registration or heartbeat"),
     ("get", "/api/hosts", "list worker hosts"),
     ("get", "/api/hosts/{host}", "one host, by id or host:port"),
@@ -68,7 +80,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/api/procs/{id}/logfile", web::put().to(logs::append))
             .route("/api/procs/{id}/logfile", web::post().to(logs::upload))
             .route("/api/procs/{id}/logfile", web::get().to(logs::read))
-            .route("/api/procs/{id}/{state}", web::post().to(procs::report_original))
+            .route(
+                "/api/procs/{id}/{state}",
+                web::post().to(procs::report_original),
+            )
             .route("/api/hosts", web::post().to(hosts::heartbeat))
             .route("/api/hosts", web::get().to(hosts::list))
             .route("/api/hosts/{host}", web::get().to(hosts::show))
@@ -105,7 +120,10 @@ pub async fn timeout(
         .map(|s| secs(s.cfg.limits.request_timeout_secs))
         .unwrap_or(Duration::from_secs(30));
     if streamed || limit.is_zero() {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_boxed_body);
     }
     match tokio::time::timeout(limit, next.call(req)).await {
         Ok(r) => r.map(ServiceResponse::map_into_boxed_body),
@@ -132,7 +150,8 @@ pub async fn read_body(
     }
     let mut buf = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad(format!("cannot read the request body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad(format!("cannot read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge {
                 limit: limit as u64,

@@ -24,18 +24,26 @@ pub(super) async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     st.auth.user(&req)?;
     let body = read_body(&req, payload, st.cfg.limits.spec_bytes).await?;
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
-        error: "invalid spec (1 problem)".into(),
-        details: vec![format!("not valid JSON: {e}")],
-    })?;
-    let parsed = dadd_spec::parse_value(&value, UnknownKeys::Deny).map_err(|errs| {
-        ApiError::BadRequest {
-            error: errs.to_string().lines().next().unwrap_or("invalid spec").to_owned(),
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
+            error: "invalid spec (1 problem)".into(),
+            details: vec![format!("not valid JSON: {e}")],
+        })?;
+    let parsed =
+        dadd_spec::parse_value(&value, UnknownKeys::Deny).map_err(|errs| ApiError::BadRequest {
+            error: errs
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid spec")
+                .to_owned(),
             details: errs.lines(),
-        }
-    })?;
+        })?;
     let text = serde_json::to_string(&value).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let row = st.store.insert_proc(&text, &parsed.spec.cmd, st.now()).await?;
+    let row = st
+        .store
+        .insert_proc(&text, &parsed.spec.cmd, st.now())
+        .await?;
     tracing::info!(proc = row.id, cmd = ?row.cmd, "submitted");
     st.wake.notify_one();
     Ok(HttpResponse::Created()
@@ -66,13 +74,18 @@ pub(super) async fn list(st: State, req: HttpRequest) -> Result<HttpResponse, Ap
             .parse::<i64>()
             .ok()
             .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::bad(format!("bad ?limit={l}: give a number from 1 to {MAX_LIMIT}")))?;
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "bad ?limit={l}: give a number from 1 to {MAX_LIMIT}"
+                ))
+            })?;
     }
     if let Some(n) = q.get("next").filter(|n| !n.is_empty()) {
-        f.before = Some(
-            n.parse()
-                .map_err(|_| ApiError::bad(format!("bad ?next={n}: pass the `next` of the previous page")))?,
-        );
+        f.before = Some(n.parse().map_err(|_| {
+            ApiError::bad(format!(
+                "bad ?next={n}: pass the `next` of the previous page"
+            ))
+        })?);
     }
     let limit = f.limit;
     f.limit += 1;
@@ -96,7 +109,11 @@ pub(super) async fn list(st: State, req: HttpRequest) -> Result<HttpResponse, Ap
 pub(super) async fn show(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     st.auth.user(&req)?;
     let id = proc_id(&req)?;
-    let row = st.store.get_proc(id).await?.ok_or_else(|| ApiError::no_proc(id))?;
+    let row = st
+        .store
+        .get_proc(id)
+        .await?
+        .ok_or_else(|| ApiError::no_proc(id))?;
     let history = st.store.history(id).await?;
     let detail = ProcDetail {
         summary: summary(&row),
@@ -123,7 +140,11 @@ pub(super) async fn kill(st: State, req: HttpRequest) -> Result<HttpResponse, Ap
     st.auth.user(&req)?;
     let id = proc_id(&req)?;
     for _ in 0..8 {
-        let row = st.store.get_proc(id).await?.ok_or_else(|| ApiError::no_proc(id))?;
+        let row = st
+            .store
+            .get_proc(id)
+            .await?
+            .ok_or_else(|| ApiError::no_proc(id))?;
         if row.state.is_final() {
             return Err(ApiError::BadTransition {
                 error: format!("process {id} is already {}", row.state),
@@ -133,7 +154,11 @@ pub(super) async fn kill(st: State, req: HttpRequest) -> Result<HttpResponse, Ap
         if row.state == ProcState::Queued {
             let c = Change::to(ProcState::Killed, Some("killed before placement"), st.now());
             if st.change_from(id, ProcState::Queued, &c).await? {
-                let row = st.store.get_proc(id).await?.ok_or_else(|| ApiError::no_proc(id))?;
+                let row = st
+                    .store
+                    .get_proc(id)
+                    .await?
+                    .ok_or_else(|| ApiError::no_proc(id))?;
                 return Ok(json(StatusCode::OK, &summary(&row)));
             }
             continue; // placed meanwhile: stop it through its worker
@@ -153,7 +178,9 @@ pub(super) async fn kill(st: State, req: HttpRequest) -> Result<HttpResponse, Ap
                 tracing::info!(proc = id, host = %host.address(), "kill sent to the worker");
                 Ok(json(StatusCode::ACCEPTED, &summary(&row)))
             }
-            Err(crate::workers::CallError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
+            Err(crate::workers::CallError::Status { status, .. })
+                if status == StatusCode::NOT_FOUND =>
+            {
                 killed_here(&st, id, "not running on its worker when killed").await
             }
             Err(e) => Err(ApiError::BadGateway(format!(
@@ -203,7 +230,10 @@ pub(super) async fn report(
     let hash = token_hash(&st, id).await?;
     st.auth.process(&req, hash.as_deref())?;
     let body = read_body(&req, payload, st.cfg.limits.json_bytes).await?;
-    let r: StateReport = parse_json(&body, "state report ({\"state\", \"pid\", \"exit_code\", \"signal\", \"reason\"})")?;
+    let r: StateReport = parse_json(
+        &body,
+        "state report ({\"state\", \"pid\", \"exit_code\", \"signal\", \"reason\"})",
+    )?;
     apply(&st, id, r).await
 }
 
@@ -224,7 +254,10 @@ pub(super) async fn report_original(
     let f: ReportFields = if body.iter().all(u8::is_ascii_whitespace) {
         ReportFields::default()
     } else {
-        parse_json(&body, "report body ({\"pid\", \"exit_code\", \"signal\", \"reason\"})")?
+        parse_json(
+            &body,
+            "report body ({\"pid\", \"exit_code\", \"signal\", \"reason\"})",
+        )?
     };
     apply(
         &st,
