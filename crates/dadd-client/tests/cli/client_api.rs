@@ -72,7 +72,10 @@ async fn a_process_life_through_the_client() {
     let detail = client.get(id).await.expect("get");
     assert_eq!(detail.summary.state, ProcState::Success);
     assert_eq!(detail.summary.exit_code, Some(0));
-    assert_eq!(detail.summary.host.as_deref(), Some(&*cluster.worker_addr()));
+    assert_eq!(
+        detail.summary.host.as_deref(),
+        Some(&*cluster.worker_addr())
+    );
     let states: Vec<_> = detail.history.iter().map(|h| h.state).collect();
     assert_eq!(
         states,
@@ -92,7 +95,10 @@ async fn a_process_life_through_the_client() {
         .await
         .expect_err("success is final");
     assert_eq!(late.status(), Some(409));
-    assert_eq!(late.body().and_then(|b| b.current_state), Some(ProcState::Success));
+    assert_eq!(
+        late.body().and_then(|b| b.current_state),
+        Some(ProcState::Success)
+    );
 
     // Lists and filters.
     let page = client
@@ -142,9 +148,11 @@ async fn kill_goes_through_the_worker_to_the_runner() {
     // The stand-in runner got SIGTERM from the worker and wrote `killed`.
     let root = cluster.work_root();
     wait_for(20, "the runner to record killed", || async {
-        dadd_worker::workroot::find(&root, id)
-            .iter()
-            .any(|e| e.record.as_ref().is_some_and(|r| r.state == ProcState::Killed))
+        dadd_worker::workroot::find(&root, id).iter().any(|e| {
+            e.record
+                .as_ref()
+                .is_some_and(|r| r.state == ProcState::Killed)
+        })
     })
     .await;
     let mut killed = report(ProcState::Killed);
@@ -166,7 +174,10 @@ async fn hosts_files_and_errors() {
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0].status, HostStatus::Up);
     assert_eq!(hosts[0].max_procs, 8);
-    let by_addr = client.host(&cluster.worker_addr()).await.expect("by address");
+    let by_addr = client
+        .host(&cluster.worker_addr())
+        .await
+        .expect("by address");
     let by_id = client.host(&hosts[0].id.to_string()).await.expect("by id");
     assert_eq!(by_addr.id, by_id.id);
 
@@ -189,10 +200,7 @@ async fn hosts_files_and_errors() {
         .expect("get");
     assert_eq!(n, content.len() as u64);
     assert_eq!(back, content.as_bytes());
-    client
-        .delete_file("sets/data one.json")
-        .await
-        .expect("rm");
+    client.delete_file("sets/data one.json").await.expect("rm");
     let gone = client
         .get_file("sets/data one.json", &mut Vec::new())
         .await
@@ -209,7 +217,10 @@ async fn hosts_files_and_errors() {
         .expect_err("invalid spec");
     assert_eq!(bad.status(), Some(400));
     let details = &bad.body().expect("a body").details;
-    assert!(details.iter().any(|d| d.contains("python_deps")), "{details:?}");
+    assert!(
+        details.iter().any(|d| d.contains("python_deps")),
+        "{details:?}"
+    );
     let anonymous = cluster.client(None).hosts().await.expect_err("no token");
     assert_eq!(anonymous.status(), Some(401));
     let wrong = cluster
@@ -230,7 +241,10 @@ async fn hosts_files_and_errors() {
         .delete_host(&cluster.worker_addr())
         .await
         .expect("delete host");
-    assert_eq!(client.get(id).await.expect("get").summary.state, ProcState::Lost);
+    assert_eq!(
+        client.get(id).await.expect("get").summary.state,
+        ProcState::Lost
+    );
     cluster.stop().await;
 }
 
@@ -240,8 +254,8 @@ async fn an_unreachable_master_names_its_url() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port");
-    let client = dadd_client::Client::new(&format!("http://user:pw@127.0.0.1:{port}"))
-        .expect("client");
+    let client =
+        dadd_client::Client::new(&format!("http://user:pw@127.0.0.1:{port}")).expect("client");
     let err = client.health().await.expect_err("nothing listens");
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     let text = err.to_string();

@@ -61,10 +61,12 @@ impl Cluster {
             std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
         }
-        let mut mcfg = dadd_master::Config::default();
-        mcfg.bind = "127.0.0.1:0".into();
-        mcfg.state_dir = dir.path().join("master");
-        mcfg.http_workers = 2;
+        let mut mcfg = dadd_master::Config {
+            bind: "127.0.0.1:0".into(),
+            state_dir: dir.path().join("master"),
+            http_workers: 2,
+            ..dadd_master::Config::default()
+        };
         mcfg.auth.cluster_secret = Some(SECRET.into());
         mcfg.auth.api_tokens = api_token.map(|t| vec![t.to_owned()]).unwrap_or_default();
         let master = dadd_master::start(mcfg).await.expect("the master starts");
