@@ -9,3 +9,4 @@ mod api;
 mod real_runner;
 mod restart;
 mod support;
+mod tls;

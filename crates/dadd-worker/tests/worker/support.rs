@@ -41,6 +41,11 @@ pub(crate) struct FakeMaster {
 impl FakeMaster {
     /// Starts on a free loopback port (or `addr`) in the current actix system.
     pub(crate) async fn start_on(addr: &str) -> FakeMaster {
+        Self::start_with(addr, None).await
+    }
+
+    /// Starts with TLS on the listener.
+    pub(crate) async fn start_with(addr: &str, tls: Option<rustls::ServerConfig>) -> FakeMaster {
         let seen = Arc::new(Mutex::new(Recorded::default()));
         let data = web::Data::new(seen.clone());
         let server = HttpServer::new(move || {
@@ -53,15 +58,19 @@ impl FakeMaster {
                 .route("/api/procs/{id}/logfile", web::post().to(log_whole))
         })
         .workers(1)
-        .disable_signals()
-        .bind(addr)
+        .disable_signals();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = match tls {
+            Some(tls) => server.bind_rustls_0_23(addr, tls),
+            None => server.bind(addr),
+        }
         .expect("the fake master binds");
         let addr = server.addrs()[0];
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
         FakeMaster {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             addr,
             seen,
             handle,
