@@ -8,4 +8,5 @@
 
 mod client_api;
 mod dadd_cmd;
+mod dev;
 mod support;
