@@ -152,6 +152,7 @@ pub async fn start(config: Config) -> Result<Worker, StartError> {
         runner,
         max_procs,
         config.runner_start_deadline(),
+        config.master_ca_file.clone(),
     ));
     let found = runners.live_ids().await;
     tracing::info!(live_runners = found.len(), process_ids = ?found, max_procs, "scanned the work root");

@@ -98,6 +98,7 @@ pub struct Runners {
     runner: Option<PathBuf>,
     max_procs: u32,
     start_deadline: Duration,
+    ca_file: Option<PathBuf>,
     in_flight: Mutex<HashSet<ProcId>>,
     id_locks: Mutex<HashMap<ProcId, Arc<tokio::sync::Mutex<()>>>>,
     admission: tokio::sync::Mutex<()>,
@@ -110,18 +111,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Runners {
-    /// The runners under `root`, started with `runner`.
+    /// The runners under `root`, started with `runner` (which is told to
+    /// trust `ca_file` for an https master).
     pub fn new(
         root: PathBuf,
         runner: Option<PathBuf>,
         max_procs: u32,
         start_deadline: Duration,
+        ca_file: Option<PathBuf>,
     ) -> Self {
         Self {
             root,
             runner,
             max_procs,
             start_deadline,
+            ca_file,
             in_flight: Mutex::new(HashSet::new()),
             id_locks: Mutex::new(HashMap::new()),
             admission: tokio::sync::Mutex::new(()),
@@ -252,7 +256,7 @@ impl Runners {
             .await
             .map_err(RunError::Internal)?
             .map_err(|source| RunError::Spawn { id, source })?;
-        match start_runner(&runner, &dir, self.start_deadline).await {
+        match start_runner(&runner, &dir, self.start_deadline, self.ca_file.as_deref()).await {
             Ok(started) => {
                 tracing::info!(process_id = id, pid = started.pid, dir = %dir.display(), "runner started");
                 Ok(Started {

@@ -22,6 +22,9 @@ use tokio::io::AsyncReadExt;
 use crate::config::ENV_PREFIX;
 use crate::workroot::{dir_prefix, write_private};
 
+/// The runner's setting for CA certificates of an https master.
+pub const RUNNER_CA_ENV: &str = "DADD_RUNNER_CA_FILE";
+
 /// Most of a runner's stderr kept for an error answer.
 const STDERR_LIMIT: usize = 16 * 1024;
 
@@ -108,10 +111,15 @@ pub fn prepare_dir(root: &Path, envelope: &RunEnvelope) -> Result<PathBuf, Spawn
 
 /// Runs the runner for `dir` and waits (at most `deadline`) for its parent
 /// to print `RunStarted` and exit.
+///
+/// `ca_file` (the worker's `master_ca_file`) reaches the runner as
+/// `DADD_RUNNER_CA_FILE`, unless the worker's environment sets that already,
+/// so the runner trusts the same https master.
 pub async fn start_runner(
     runner: &Path,
     dir: &Path,
     deadline: Duration,
+    ca_file: Option<&Path>,
 ) -> Result<RunStarted, SpawnError> {
     let mut cmd = tokio::process::Command::new(runner);
     cmd.arg("--working-dir")
@@ -130,6 +138,11 @@ pub async fn start_runner(
             .is_some_and(|k| k.starts_with(&format!("{ENV_PREFIX}_")))
         {
             cmd.env_remove(key);
+        }
+    }
+    if let Some(ca) = ca_file {
+        if std::env::var_os(RUNNER_CA_ENV).is_none() {
+            cmd.env(RUNNER_CA_ENV, ca);
         }
     }
     let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
@@ -298,7 +311,7 @@ mod tests {
             r#"echo "starting" >&2; echo '{"pid": 4321, "directory": "'"$2"'"}'"#,
         );
         let dir = prepare_dir(root.path(), &envelope(1)).expect("prepared");
-        let started = start_runner(&runner, &dir, Duration::from_secs(10))
+        let started = start_runner(&runner, &dir, Duration::from_secs(10), None)
             .await
             .expect("started");
         assert_eq!(started.pid, 4321);
@@ -306,11 +319,34 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn the_runner_gets_no_worker_secret_and_the_ca_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let runner = script(
+            root.path(),
+            r#"env > "$2/env.txt"; echo '{"pid": 1, "directory": "'"$2"'"}'"#,
+        );
+        // A variable only this test uses, so parallel tests are not disturbed.
+        std::env::set_var("DADD_WORKER_SPAWN_TEST_SECRET", "hidden");
+        let dir = prepare_dir(root.path(), &envelope(1)).expect("prepared");
+        start_runner(
+            &runner,
+            &dir,
+            Duration::from_secs(10),
+            Some(Path::new("/ca.pem")),
+        )
+        .await
+        .expect("started");
+        let env = std::fs::read_to_string(dir.join("env.txt")).expect("env");
+        assert!(!env.contains("DADD_WORKER_SPAWN_TEST_SECRET"), "{env}");
+        assert!(env.contains("DADD_RUNNER_CA_FILE=/ca.pem"), "{env}");
+    }
+
+    #[actix_rt::test]
     async fn a_failing_runner_gives_its_stderr() {
         let root = tempfile::tempdir().expect("tempdir");
         let runner = script(root.path(), "echo 'bad envelope: no token' >&2; exit 2");
         let dir = prepare_dir(root.path(), &envelope(1)).expect("prepared");
-        let err = start_runner(&runner, &dir, Duration::from_secs(10))
+        let err = start_runner(&runner, &dir, Duration::from_secs(10), None)
             .await
             .expect_err("fails");
         assert_eq!(err.details(), vec!["bad envelope: no token".to_owned()]);
@@ -322,7 +358,7 @@ mod tests {
         let runner = script(root.path(), "exec sleep 30");
         let dir = prepare_dir(root.path(), &envelope(1)).expect("prepared");
         let t = std::time::Instant::now();
-        let err = start_runner(&runner, &dir, Duration::from_millis(300))
+        let err = start_runner(&runner, &dir, Duration::from_millis(300), None)
             .await
             .expect_err("times out");
         assert!(matches!(err, SpawnError::Timeout { .. }), "{err}");
@@ -339,7 +375,7 @@ mod tests {
         );
         let dir = prepare_dir(root.path(), &envelope(1)).expect("prepared");
         let t = std::time::Instant::now();
-        let started = start_runner(&runner, &dir, Duration::from_secs(10))
+        let started = start_runner(&runner, &dir, Duration::from_secs(10), None)
             .await
             .expect("started");
         assert!(
