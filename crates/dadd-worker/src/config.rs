@@ -137,10 +137,61 @@ pub struct Overrides {
 pub enum ConfigError {
     /// The layers could not be read or merged.
     #[error("cannot load the worker configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
+    /// A `DADD_WORKER_…` variable names no setting.
+    #[error("unknown environment variable {var}: there is no setting {key:?}; the settings are: {known}")]
+    UnknownEnv {
+        /// The variable.
+        var: String,
+        /// The key it maps to.
+        key: String,
+        /// Every top-level key.
+        known: String,
+    },
     /// A value is out of range or inconsistent.
     #[error("invalid worker configuration: {0}")]
     Invalid(String),
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
+}
+
+/// Every key the environment may set (`tls.cert` as `TLS__CERT`).
+fn env_keys() -> Vec<String> {
+    let defaults = serde_json::to_value(Config::default()).unwrap_or_default();
+    let mut keys = Vec::new();
+    if let Some(map) = defaults.as_object() {
+        for (k, v) in map {
+            match v.as_object() {
+                Some(inner) => keys.extend(inner.keys().map(|i| format!("{k}.{i}"))),
+                None => keys.push(k.clone()),
+            }
+        }
+    }
+    keys
+}
+
+/// Refuses a `DADD_WORKER_…` variable that names no setting, saying which.
+fn check_env(env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let keys = env_keys();
+    let prefix = format!("{ENV_PREFIX}_");
+    for var in env.keys() {
+        let Some(rest) = var.strip_prefix(&prefix) else {
+            continue;
+        };
+        let key = rest.to_lowercase().replace("__", ".");
+        if !keys.contains(&key) {
+            return Err(ConfigError::UnknownEnv {
+                var: var.clone(),
+                key,
+                known: keys.join(", "),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Config {
@@ -150,6 +201,11 @@ impl Config {
         env: Option<HashMap<String, String>>,
         flags: &Overrides,
     ) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = match env {
+            Some(env) => env,
+            None => std::env::vars().collect(),
+        };
+        check_env(&env)?;
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(
@@ -163,7 +219,7 @@ impl Config {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
-                .source(env),
+                .source(Some(env)),
         );
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
         builder = builder
@@ -380,6 +436,26 @@ mod tests {
 
     #[test]
     fn bad_values_say_what_to_do() {
+        let err = Config::load(
+            None,
+            env(&[("DADD_WORKER_MAX_PROC", "3")]),
+            &Overrides::default(),
+        )
+        .expect_err("a typo in the environment");
+        assert!(
+            err.to_string()
+                .starts_with("unknown environment variable DADD_WORKER_MAX_PROC"),
+            "{err}"
+        );
+        Config::load(
+            None,
+            env(&[
+                ("DADD_WORKER_TLS__CERT", "/c"),
+                ("DADD_WORKER_TLS__KEY", "/k"),
+            ]),
+            &Overrides::default(),
+        )
+        .expect("nested keys are known");
         let err = Config::load(
             None,
             env(&[("DADD_WORKER_HEARTBEAT_INTERVAL_SECS", "0")]),
