@@ -143,6 +143,15 @@ pub(super) fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
 
 /// Runs the dev cluster; with `--run`, the answer is the `submit --wait` code.
 pub(super) async fn run(opts: DevOptions) -> anyhow::Result<Code> {
+    // A daemon already there would answer the readiness checks in place of ours.
+    for (addr, flag) in [
+        (opts.bind_master, "--bind-master"),
+        (opts.bind_worker, "--bind-worker"),
+    ] {
+        if addr.port() != 0 && std::net::TcpListener::bind(addr).is_err() {
+            bail!("{addr} is in use (another dadd dev, master or worker?); stop it or pass {flag} with a free address");
+        }
+    }
     let master_bin = find_binary("dadd-master")?;
     let worker_bin = find_binary("dadd-worker")?;
     let dir = tempfile::Builder::new()

@@ -101,3 +101,57 @@ async fn dev_starts_master_and_worker_and_stops_both_on_ctrl_c() {
         "the worker is stopped"
     );
 }
+
+#[actix_web::test]
+async fn dev_run_hello_is_the_readme_command() {
+    let bins = build_bins(&["dadd-master", "dadd-worker", "dadd-runner"]);
+    assert!(bins.join("dadd-runner").is_file());
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let (m, w) = (free(), free());
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+            .current_dir(&workspace)
+            .args([
+                "dev",
+                "--run",
+                "examples/hello.json",
+                "--bind-master",
+                &m.to_string(),
+                "--bind-worker",
+                &w.to_string(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("dadd dev --run ends within 120 s")
+    .expect("dadd dev runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("hello from "),
+        "the command's log: {stdout}"
+    );
+    assert!(stdout.contains("GREETING=hi"), "{stdout}");
+    assert!(stderr.contains(": success (exit 0)"), "{stderr}");
+    assert!(
+        std::net::TcpStream::connect(m).is_err(),
+        "the master is stopped"
+    );
+    assert!(
+        std::net::TcpStream::connect(w).is_err(),
+        "the worker is stopped"
+    );
+}
