@@ -357,6 +357,18 @@ pub struct TlsConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// How hard SQLite makes each commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// Every acknowledged write survives a power loss (an fsync per commit).
+    #[default]
+    Full,
+    /// A power loss may undo the last commits (never corrupts); several times
+    /// more writes per second.
+    Normal,
+}
+
 /// Store connections.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -365,6 +377,8 @@ pub struct StoreConfig {
     pub max_connections: u32,
     /// Time to wait for a connection before answering 503, seconds. Default 5.
     pub acquire_timeout_secs: f64,
+    /// SQLite only: `full` or `normal` durability of commits. Default `full`.
+    pub sqlite_synchronous: SqliteSync,
 }
 
 impl Default for StoreConfig {
@@ -372,6 +386,7 @@ impl Default for StoreConfig {
         Self {
             max_connections: 8,
             acquire_timeout_secs: 5.0,
+            sqlite_synchronous: SqliteSync::Full,
         }
     }
 }
@@ -621,6 +636,23 @@ mod tests {
         let err = Config::load(&Cli::default(), env(&[("DADD_AUTH__API_TOKEN", "x")]))
             .expect_err("misspelt env is refused");
         assert!(err.to_string().contains("DADD_AUTH__API_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_lists_the_defaults() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(include_str!("../../../deploy/master.toml").as_bytes())
+            .expect("write");
+        let cli = Cli {
+            config: Some(file.path().to_owned()),
+            ..Cli::default()
+        };
+        let cfg = Config::load(&cli, Vec::new()).expect("deploy/master.toml loads");
+        assert_eq!(
+            cfg,
+            Config::default(),
+            "deploy/master.toml must state the defaults"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use dadd_spec::ProcState;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-use crate::config::{secs, StoreConfig};
+use crate::config::{secs, SqliteSync, StoreConfig};
 
 /// Which database the store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,8 +317,9 @@ impl Store {
         let store = match backend {
             Backend::Sqlite => {
                 let url = sqlite_url(url)?;
-                let write = sqlite_pool(&url, 1, acquire).await?;
-                let read = sqlite_pool(&url, cfg.max_connections.max(1), acquire).await?;
+                let sync = cfg.sqlite_synchronous;
+                let write = sqlite_pool(&url, 1, acquire, sync).await?;
+                let read = sqlite_pool(&url, cfg.max_connections.max(1), acquire, sync).await?;
                 Store {
                     read,
                     write,
@@ -1052,17 +1053,21 @@ fn sqlite_url(url: &str) -> Result<String> {
     Ok(out)
 }
 
-async fn sqlite_pool(url: &str, max: u32, acquire: Duration) -> Result<AnyPool> {
+async fn sqlite_pool(url: &str, max: u32, acquire: Duration, sync: SqliteSync) -> Result<AnyPool> {
+    let sync_pragma = match sync {
+        SqliteSync::Full => "PRAGMA synchronous = FULL",
+        SqliteSync::Normal => "PRAGMA synchronous = NORMAL",
+    };
     Ok(AnyPoolOptions::new()
         .max_connections(max)
         .min_connections(1)
         .acquire_timeout(acquire)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
             Box::pin(async move {
-                // WAL lets readers run beside the writer; FULL sync because an
-                // acknowledged report is never resent by the runner.
+                // WAL lets readers run beside the writer; FULL by default
+                // because an acknowledged report is never resent by the runner.
                 conn.execute("PRAGMA journal_mode = WAL").await?;
-                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute(sync_pragma).await?;
                 conn.execute("PRAGMA busy_timeout = 5000").await?;
                 Ok(())
             })

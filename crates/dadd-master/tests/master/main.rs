@@ -14,3 +14,4 @@ mod files;
 mod logs;
 mod notify;
 mod store;
+mod tls;
