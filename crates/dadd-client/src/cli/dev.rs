@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use rand::Rng;
 
 use super::commands::{finish, print_json};
-use super::exit::{Code, Interrupted};
+use super::exit::{Code, Interrupted, UsageError};
 use super::{render, spec_file};
 use crate::Client;
 
@@ -148,7 +148,13 @@ pub(super) async fn run(opts: DevOptions) -> anyhow::Result<Code> {
         (opts.bind_master, "--bind-master"),
         (opts.bind_worker, "--bind-worker"),
     ] {
-        if addr.port() != 0 && std::net::TcpListener::bind(addr).is_err() {
+        if addr.port() == 0 {
+            return Err(UsageError(format!(
+                "{flag} {addr}: give a fixed port, so the URLs can be printed and used"
+            ))
+            .into());
+        }
+        if std::net::TcpListener::bind(addr).is_err() {
             bail!("{addr} is in use (another dadd dev, master or worker?); stop it or pass {flag} with a free address");
         }
     }
