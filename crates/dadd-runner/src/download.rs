@@ -1,0 +1,243 @@
+//! Downloads: each file streamed to disk (never whole in memory), its
+//! SHA-256 checked when the spec gives one, capped in size, retried on
+//! connection errors and 5xx (never on 4xx). URLs are printed without
+//! their credentials.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dadd_spec::{redact_url, Download};
+use sha2::{Digest, Sha256};
+use ureq::Agent;
+
+use crate::outlog::OutputLog;
+use crate::signals::Signals;
+
+/// Retries after the first attempt (so at most four attempts).
+pub const RETRIES: u32 = 3;
+/// The wait before the first retry; it doubles for each next one.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The server answered an error status.
+    #[error("download of {name} from {url} failed: HTTP {status}")]
+    Status {
+        /// The file name.
+        name: String,
+        /// The URL, without credentials.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The connection failed (after every retry).
+    #[error("download of {name} from {url} failed: {reason}")]
+    Transport {
+        /// The file name.
+        name: String,
+        /// The URL, without credentials.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The file is larger than the cap.
+    #[error("download of {name} from {url} stopped: larger than the cap of {cap} bytes (raise --max-download-bytes if it is expected)")]
+    TooLarge {
+        /// The file name.
+        name: String,
+        /// The URL, without credentials.
+        url: String,
+        /// The cap.
+        cap: u64,
+    },
+    /// The SHA-256 does not match (the file was removed).
+    #[error("checksum mismatch for {name}: expected sha256 {expected}, got {actual}; the file was removed")]
+    Checksum {
+        /// The file name.
+        name: String,
+        /// What the spec says.
+        expected: String,
+        /// What arrived.
+        actual: String,
+    },
+    /// The file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The runner was told to stop.
+    #[error("stopped by {0} during the download")]
+    Stopped(nix::sys::signal::Signal),
+}
+
+enum Attempt {
+    Done { bytes: u64, sha256: String },
+    Retry(DownloadError),
+    Fail(DownloadError),
+}
+
+/// Fetches every download into `dir`, in order; stops at the first failure.
+pub fn fetch_all(
+    agent: &Agent,
+    downloads: &[Download],
+    dir: &Path,
+    cap: u64,
+    log: &OutputLog,
+    signals: &mut Signals,
+) -> Result<(), DownloadError> {
+    for d in downloads {
+        fetch(agent, d, dir, cap, log, signals)?;
+    }
+    Ok(())
+}
+
+/// Fetches one download into `dir`; on failure the partial file is removed.
+pub fn fetch(
+    agent: &Agent,
+    d: &Download,
+    dir: &Path,
+    cap: u64,
+    log: &OutputLog,
+    signals: &mut Signals,
+) -> Result<u64, DownloadError> {
+    let url = redact_url(&d.url);
+    let path = dir.join(&d.filename);
+    log.line(format!("downloading {} from {url}", d.filename));
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 0;
+    let result = loop {
+        match try_once(agent, d, &url, &path, cap, signals) {
+            Attempt::Done { bytes, sha256 } => break Ok((bytes, sha256)),
+            Attempt::Fail(e) => break Err(e),
+            Attempt::Retry(e) if attempt < RETRIES => {
+                attempt += 1;
+                log.line(format!(
+                    "{e}; retry {attempt} of {RETRIES} in {:.1}s",
+                    backoff.as_secs_f64()
+                ));
+                if let Some(sig) = signals.sleep(backoff) {
+                    break Err(DownloadError::Stopped(sig));
+                }
+                backoff *= 2;
+            }
+            Attempt::Retry(e) => break Err(e),
+        }
+    };
+    let outcome = result.and_then(|(bytes, actual)| match &d.sha256 {
+        Some(expected) if !expected.eq_ignore_ascii_case(&actual) => Err(DownloadError::Checksum {
+            name: d.filename.clone(),
+            expected: expected.clone(),
+            actual,
+        }),
+        _ => Ok(bytes),
+    });
+    match outcome {
+        Ok(bytes) => {
+            let checked = if d.sha256.is_some() {
+                ", sha256 ok"
+            } else {
+                ""
+            };
+            log.line(format!(
+                "downloaded {} ({bytes} bytes{checked})",
+                d.filename
+            ));
+            Ok(bytes)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+fn try_once(
+    agent: &Agent,
+    d: &Download,
+    url: &str,
+    path: &Path,
+    cap: u64,
+    signals: &mut Signals,
+) -> Attempt {
+    let name = || d.filename.clone();
+    let transport = |reason: String| {
+        Attempt::Retry(DownloadError::Transport {
+            name: name(),
+            url: url.to_owned(),
+            reason,
+        })
+    };
+    let mut resp = match agent.get(d.url.as_str()).call() {
+        Ok(r) => r,
+        Err(e) => return transport(e.to_string()),
+    };
+    let status = resp.status().as_u16();
+    if status >= 300 {
+        let err = DownloadError::Status {
+            name: name(),
+            url: url.to_owned(),
+            status,
+        };
+        return if status >= 500 {
+            Attempt::Retry(err)
+        } else {
+            Attempt::Fail(err)
+        };
+    }
+    let too_large = || {
+        Attempt::Fail(DownloadError::TooLarge {
+            name: name(),
+            url: url.to_owned(),
+            cap,
+        })
+    };
+    if resp.body().content_length().is_some_and(|n| n > cap) {
+        return too_large();
+    }
+    let io = |source| {
+        Attempt::Fail(DownloadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let mut file = match File::create(path) {
+        Ok(f) => f,
+        Err(e) => return io(e),
+    };
+    let mut reader = resp.body_mut().as_reader();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return transport(format!("reading the body: {e}")),
+        };
+        total += n as u64;
+        if total > cap {
+            return too_large();
+        }
+        hasher.update(&buf[..n]);
+        if let Err(e) = file.write_all(&buf[..n]) {
+            return io(e);
+        }
+        if let Some(sig) = signals.pending_stop() {
+            return Attempt::Fail(DownloadError::Stopped(sig));
+        }
+    }
+    if let Err(e) = file.sync_all() {
+        return io(e);
+    }
+    Attempt::Done {
+        bytes: total,
+        sha256: hex::encode(hasher.finalize()),
+    }
+}
