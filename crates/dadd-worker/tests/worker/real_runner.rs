@@ -61,7 +61,10 @@ async fn a_real_runner_starts_once_reports_and_cleans_up() {
     assert!(states.contains(&ProcState::Running), "{states:?}");
     let log = master.seen.lock().expect("lock").logs.get(&31).cloned();
     let log = String::from_utf8_lossy(&log.unwrap_or_default()).into_owned();
-    assert!(log.contains("\nhello from the runner\n"), "the whole log arrived: {log}");
+    assert!(
+        log.contains("\nhello from the runner\n"),
+        "the whole log arrived: {log}"
+    );
     wait_for(
         10,
         "the working dir to be removed after delivery",
