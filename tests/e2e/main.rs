@@ -1,1 +1,4 @@
 //! End-to-end tests: each module starts real Dadd binaries.
+
+mod runner;
+mod support;
