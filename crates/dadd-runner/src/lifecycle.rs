@@ -139,11 +139,15 @@ impl<'a> Run<'a> {
         } else {
             Delivery::NoMaster
         };
-        let rec = Recorder::new(dir, job.process_id(), delivery);
+        // The first record already says `setup`: that is where the runner
+        // is from here on (one write less on every run).
+        let rec = Recorder::new(dir, job.process_id(), ProcState::Setup, delivery);
         let pid = std::process::id();
-        let written = rec
-            .write()
-            .and_then(|()| workdir::write_atomic(dir, "pid", format!("{pid}\n").as_bytes(), 0o644));
+        // `pid` is written whole before the parent is told, and never
+        // rewritten, so a plain create is enough.
+        let written = rec.write(workdir::Durability::Atomic).and_then(|()| {
+            workdir::write_new(&dir.join("pid"), format!("{pid}\n").as_bytes(), 0o644)
+        });
         if let Err(e) = written {
             return fail_early(
                 handshake,
@@ -204,7 +208,14 @@ impl<'a> Run<'a> {
     }
 
     fn setup_and_run(&mut self, reporter: &Reporter, agent: &ureq::Agent) -> Final {
-        self.change(reporter, ProcState::Setup);
+        // state.json says `setup` already; only the master is told.
+        reporter.state(StateReport {
+            state: ProcState::Setup,
+            pid: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+        });
         self.log.line(format!("setup in {}", self.dir.display()));
         if !self.dir.join("spec.json").exists() {
             let text = serde_json::to_vec_pretty(&self.job.spec_json).unwrap_or_default();

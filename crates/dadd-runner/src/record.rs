@@ -2,6 +2,15 @@
 //! rewritten crash-safely at every change so a restarted worker, or a person,
 //! can always tell what happened, and a reused pid is never taken for the
 //! runner (its start time is recorded beside its pid).
+//!
+//! Every write is atomic (`state.json.partial`, rename): a runner killed at
+//! any moment leaves the old record or the new. Records that must outlive
+//! a machine crash are also fsynced (file, then dir): a final state and any
+//! delivery change, because an undelivered result is what a person or a
+//! restarted worker needs after a reboot. Intermediate states (`setup`,
+//! `running`) are not: after a machine crash the runner is gone and the
+//! master marks the process lost whatever they said, and their fsyncs were
+//! most of the runner's start-up cost (see docs/benchmarks.md).
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +18,7 @@ use chrono::Utc;
 use dadd_spec::api::{Delivery, ProcId, RunnerRecord};
 use dadd_spec::ProcState;
 
-use crate::workdir::write_atomic;
+use crate::workdir::{write_atomic, Durability};
 
 /// The record's file name in the working dir.
 pub const NAME: &str = "state.json";
@@ -23,14 +32,19 @@ pub struct Recorder {
 
 impl Recorder {
     /// A record for this runner (pid and start time read now, so call it in
-    /// the daemon, not before the fork), in state `init`.
-    pub fn new(dir: &Path, process_id: Option<ProcId>, delivery: Delivery) -> Self {
+    /// the daemon, not before the fork), in state `state`.
+    pub fn new(
+        dir: &Path,
+        process_id: Option<ProcId>,
+        state: ProcState,
+        delivery: Delivery,
+    ) -> Self {
         let now = Utc::now();
         Self {
             dir: dir.to_path_buf(),
             record: RunnerRecord {
                 process_id,
-                state: ProcState::Init,
+                state,
                 runner_pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
                 runner_start_ticks: own_start_ticks(),
                 command_pid: None,
@@ -50,21 +64,29 @@ impl Recorder {
         &self.record
     }
 
-    /// Changes the record with `f` and writes it.
+    /// Changes the record with `f` and writes it (durably when the change
+    /// is a final state or a delivery change).
     pub fn update(&mut self, f: impl FnOnce(&mut RunnerRecord)) -> std::io::Result<()> {
+        let before = (self.record.state, self.record.delivery);
         f(&mut self.record);
+        let durable = (self.record.state.is_final() && before.0 != self.record.state)
+            || before.1 != self.record.delivery;
         let now = Utc::now();
         self.record.updated_at = now;
         if self.record.state.is_final() && self.record.ended_at.is_none() {
             self.record.ended_at = Some(now);
         }
-        self.write()
+        self.write(if durable {
+            Durability::Durable
+        } else {
+            Durability::Atomic
+        })
     }
 
-    /// Writes the record to `state.json`, crash-safely.
-    pub fn write(&self) -> std::io::Result<()> {
+    /// Writes the record to `state.json`, atomically.
+    pub fn write(&self, durability: Durability) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.record).map_err(std::io::Error::other)?;
-        write_atomic(&self.dir, NAME, &bytes, 0o644)
+        write_atomic(&self.dir, NAME, &bytes, 0o644, durability)
     }
 }
 
@@ -100,8 +122,8 @@ mod tests {
     #[test]
     fn updates_are_written_and_final_states_get_an_end_time() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut r = Recorder::new(dir.path(), Some(4), Delivery::Pending);
-        r.write().expect("write");
+        let mut r = Recorder::new(dir.path(), Some(4), ProcState::Setup, Delivery::Pending);
+        r.write(Durability::Atomic).expect("write");
         r.update(|rec| {
             rec.state = ProcState::Failed;
             rec.exit_code = Some(3);

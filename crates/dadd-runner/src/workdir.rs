@@ -112,10 +112,26 @@ fn check_or_create(dir: &Path) -> Result<(), WorkdirError> {
     }
 }
 
-/// Writes `name` in `dir` crash-safely: `name.partial`, fsync, rename over
-/// `name`, fsync the dir. A reader sees the old content or the new, never
-/// half of it, even across a power cut.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+/// How far a write must get before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Atomic: readers, and a runner killed at any moment, see the old
+    /// content or the new, never half. Enough for anything that is
+    /// meaningless after a machine crash (the runner died with it).
+    Atomic,
+    /// Atomic and on disk (file and dir fsynced): survives a power cut.
+    Durable,
+}
+
+/// Writes `name` in `dir` crash-safely: `name.partial`, (fsync,) rename over
+/// `name`, (fsync the dir).
+pub fn write_atomic(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> std::io::Result<()> {
     let partial = dir.join(format!("{name}.partial"));
     let mut f = OpenOptions::new()
         .write(true)
@@ -124,22 +140,27 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> std::io:
         .mode(mode)
         .open(&partial)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if durability == Durability::Durable {
+        f.sync_all()?;
+    }
     drop(f);
     std::fs::rename(&partial, dir.join(name))?;
-    File::open(dir)?.sync_all()
+    if durability == Durability::Durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Creates `path` with `mode` from the first byte on (never chmod after:
-/// a secret is never readable by others, not even for a moment).
+/// a secret is never readable by others, not even for a moment). Never
+/// overwrites.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    f.write_all(bytes)
 }
 
 #[cfg(test)]
@@ -178,8 +199,8 @@ mod tests {
     #[test]
     fn atomic_write_replaces_and_leaves_no_partial() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write_atomic(dir.path(), "state.json", b"one", 0o644).expect("write");
-        write_atomic(dir.path(), "state.json", b"two", 0o644).expect("write");
+        write_atomic(dir.path(), "state.json", b"one", 0o644, Durability::Durable).expect("write");
+        write_atomic(dir.path(), "state.json", b"two", 0o644, Durability::Atomic).expect("write");
         assert_eq!(
             std::fs::read(dir.path().join("state.json")).expect("read"),
             b"two"
