@@ -217,12 +217,6 @@ impl<'a> Run<'a> {
             reason: None,
         });
         self.log.line(format!("setup in {}", self.dir.display()));
-        if !self.dir.join("spec.json").exists() {
-            let text = serde_json::to_vec_pretty(&self.job.spec_json).unwrap_or_default();
-            if let Err(e) = workdir::write_new(&self.dir.join("spec.json"), &text, 0o600) {
-                self.log.line(format!("cannot write spec.json: {e}"));
-            }
-        }
         if let Some(sig) = self.signals.pending_stop() {
             return Final::killed(sig, "setup");
         }
@@ -371,7 +365,13 @@ impl<'a> Run<'a> {
         }
         let pid = self.command_pid;
         let f = fin.clone();
-        if let Err(e) = self.rec.update(|r| {
+        // Without a master a success is removed right away: its final
+        // record need not survive a power cut (there is no result to keep),
+        // so it skips the fsyncs.
+        let removed_at_once =
+            !self.cli.no_cleanup && self.job.master.is_none() && fin.state == ProcState::Success;
+        let durability = removed_at_once.then_some(workdir::Durability::Atomic);
+        if let Err(e) = self.rec.update_with(durability, |r| {
             r.state = f.state;
             r.command_pid = pid;
             r.exit_code = f.exit_code;
@@ -391,6 +391,16 @@ impl<'a> Run<'a> {
         if delivery != self.rec.record().delivery {
             if let Err(e) = self.rec.update(|r| r.delivery = delivery) {
                 diag(format!("cannot write state.json: {e}"));
+            }
+        }
+        let kept = !crate::cleanup::may_remove(self.cli.no_cleanup, delivery, fin.state);
+        let spec_path = self.dir.join("spec.json");
+        if kept && !spec_path.exists() {
+            // A kept dir says what ran (the worker writes spec.json itself;
+            // a run by hand gets it here, only when it is kept).
+            let text = serde_json::to_vec_pretty(&self.job.spec_json).unwrap_or_default();
+            if let Err(e) = workdir::write_new(&spec_path, &text, 0o600) {
+                diag(format!("cannot write {}: {e}", spec_path.display()));
             }
         }
         crate::cleanup::finish(self.dir, self.cli.no_cleanup, delivery, fin.state);

@@ -67,10 +67,26 @@ impl Recorder {
     /// Changes the record with `f` and writes it (durably when the change
     /// is a final state or a delivery change).
     pub fn update(&mut self, f: impl FnOnce(&mut RunnerRecord)) -> std::io::Result<()> {
+        self.update_with(None, f)
+    }
+
+    /// As [`Recorder::update`], with the durability chosen by the caller
+    /// (`Some(Atomic)` for a final record of a dir removed right after: no
+    /// result is left to keep).
+    pub fn update_with(
+        &mut self,
+        durability: Option<Durability>,
+        f: impl FnOnce(&mut RunnerRecord),
+    ) -> std::io::Result<()> {
         let before = (self.record.state, self.record.delivery);
         f(&mut self.record);
-        let durable = (self.record.state.is_final() && before.0 != self.record.state)
-            || before.1 != self.record.delivery;
+        let durable = durability.map_or_else(
+            || {
+                (self.record.state.is_final() && before.0 != self.record.state)
+                    || before.1 != self.record.delivery
+            },
+            |d| d == Durability::Durable,
+        );
         let now = Utc::now();
         self.record.updated_at = now;
         if self.record.state.is_final() && self.record.ended_at.is_none() {
