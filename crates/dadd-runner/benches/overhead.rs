@@ -81,6 +81,36 @@ fn main() {
         std::fs::read_dir(&root).expect("root").next().is_none(),
         "every successful run removed its dir"
     );
+    // The same with the work root on tmpfs: what is left is the runner's own
+    // cost, without the disk's metadata operations (mkdir, create, rename,
+    // unlink, fsync), which vary with whatever else writes to the disk.
+    if let Ok(shm) = tempfile::tempdir_in("/dev/shm") {
+        let shm_root = shm.path().to_path_buf();
+        let mut t_shm = Vec::with_capacity(runs);
+        let mut t_true2 = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            t_true2.push(time(run_true));
+            t_shm.push(time(|| {
+                let s = Command::new(RUNNER)
+                    .arg("--foreground")
+                    .arg("--work-root")
+                    .arg(&shm_root)
+                    .arg(&spec)
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("dadd-runner runs");
+                assert!(s.success());
+            }));
+        }
+        let a = Stats::of(&mut t_true2);
+        let c = Stats::of(&mut t_shm);
+        println!(
+            "| overhead, work root on tmpfs (/dev/shm) | {} | {} | {} |",
+            ms(c.mean.saturating_sub(a.mean)),
+            ms(c.p50.saturating_sub(a.p50)),
+            ms(c.p99.saturating_sub(a.p99))
+        );
+    }
 
     println!();
     let no_master = rss_while_supervising(&root, tmp.path(), None);
