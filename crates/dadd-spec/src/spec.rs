@@ -626,7 +626,7 @@ impl Validator {
             );
             return None;
         };
-        if !(secs > 0.0) || !secs.is_finite() {
+        if secs.is_nan() || secs <= 0.0 || !secs.is_finite() {
             self.error(path, "must be a positive number of seconds");
             None
         } else if secs > MAX_TIMEOUT_SECS {
@@ -735,11 +735,10 @@ mod tests {
 
     #[test]
     fn not_an_object() {
-        assert_eq!(
-            errors("[1]"),
-            ["a spec must be a JSON object, not a list"]
-        );
-        assert!(errors("{").pop().is_some_and(|e| e.starts_with("not valid JSON")));
+        assert_eq!(errors("[1]"), ["a spec must be a JSON object, not a list"]);
+        assert!(errors("{")
+            .pop()
+            .is_some_and(|e| e.starts_with("not valid JSON")));
     }
 
     #[test]
@@ -755,10 +754,7 @@ mod tests {
                 .map(|_| "timout: unknown key: did you mean \"timeout\"?".to_owned())
                 .collect::<Vec<_>>()
         );
-        assert_eq!(
-            errors(r#"{"cmd": "true", "zzz": 1}"#),
-            ["zzz: unknown key"]
-        );
+        assert_eq!(errors(r#"{"cmd": "true", "zzz": 1}"#), ["zzz: unknown key"]);
     }
 
     #[test]
@@ -776,10 +772,14 @@ mod tests {
                 "download_urls": ["ftp://h/x", "http://h/ok"], "env": {"A": 1}}"#,
         );
         assert_eq!(errs.len(), 5, "{errs:?}");
-        assert!(errs.contains(&"download_urls[0]: scheme \"ftp\" is not supported (use http or https)".to_owned()));
+        assert!(errs.contains(
+            &"download_urls[0]: scheme \"ftp\" is not supported (use http or https)".to_owned()
+        ));
         assert!(errs.contains(&"config: must be a JSON object, not a list".to_owned()));
         assert!(errs.contains(&"timeout: must be a positive number of seconds".to_owned()));
-        assert!(errs.iter().any(|e| e.starts_with("env.A: must be a string, not a number")));
+        assert!(errs
+            .iter()
+            .any(|e| e.starts_with("env.A: must be a string, not a number")));
     }
 
     #[test]
@@ -800,7 +800,10 @@ mod tests {
         let s = ok(&format!(
             r#"{{"cmd": "true", "download_urls": {{"b": {{"url": "https://h/b", "sha256": "{sum}"}}}}}}"#
         ));
-        assert_eq!(s.downloads[0].sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(
+            s.downloads[0].sha256.as_deref(),
+            Some("ab".repeat(32).as_str())
+        );
         let s = ok(r#"{"cmd": "true", "download_urls": ["http://h/dir/my%20file.txt"]}"#);
         assert_eq!(s.downloads[0].filename, "my file.txt");
     }
@@ -842,17 +845,23 @@ mod tests {
             ["download_urls[1]: a second download to the file name \"x\""]
         );
         assert_eq!(
-            errors(r#"{"cmd": "true", "download_urls": {"x": {"url": "http://h/x", "sha256": "zz"}}}"#),
+            errors(
+                r#"{"cmd": "true", "download_urls": {"x": {"url": "http://h/x", "sha256": "zz"}}}"#
+            ),
             ["download_urls.x.sha256: must be 64 hexadecimal digits (a SHA-256 digest)"]
         );
         assert_eq!(
             errors(r#"{"cmd": "true", "download_urls": {"x": {"sha256": null}}}"#),
             ["download_urls.x.url: is required"]
         );
-        assert!(errors(r#"{"cmd": "true", "download_urls": ["not a url"]}"#)[0]
-            .starts_with("download_urls[0]: not a valid URL"));
-        assert!(errors(r#"{"cmd": "true", "download_urls": "http://h/x"}"#)[0]
-            .starts_with("download_urls: must be a list"));
+        assert!(
+            errors(r#"{"cmd": "true", "download_urls": ["not a url"]}"#)[0]
+                .starts_with("download_urls[0]: not a valid URL")
+        );
+        assert!(
+            errors(r#"{"cmd": "true", "download_urls": "http://h/x"}"#)[0]
+                .starts_with("download_urls: must be a list")
+        );
     }
 
     #[test]
@@ -892,10 +901,16 @@ mod tests {
 
     #[test]
     fn settings_placeholder_is_replaced() {
-        let s = ok(r#"{"cmd": ["prog", "$APP_SETTINGS", "--c=$APP_SETTINGS", "$APP_SETTINGS_JSON"]}"#);
+        let s =
+            ok(r#"{"cmd": ["prog", "$APP_SETTINGS", "--c=$APP_SETTINGS", "$APP_SETTINGS_JSON"]}"#);
         assert_eq!(
             s.command_line("/w/settings.json"),
-            ["prog", "/w/settings.json", "--c=/w/settings.json", "$APP_SETTINGS_JSON"]
+            [
+                "prog",
+                "/w/settings.json",
+                "--c=/w/settings.json",
+                "$APP_SETTINGS_JSON"
+            ]
         );
     }
 

@@ -11,7 +11,16 @@ use serde::{Deserialize, Serialize};
 
 /// Where a process is in its life.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
     schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
@@ -101,7 +110,9 @@ impl fmt::Display for ProcState {
 
 /// A state name that is not one of [`ProcState::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown state \"{0}\" (one of: queued, init, setup, running, success, failed, killed, lost)")]
+#[error(
+    "unknown state \"{0}\" (one of: queued, init, setup, running, success, failed, killed, lost)"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for ProcState {
@@ -196,7 +207,10 @@ mod tests {
     #[test]
     fn backward_moves_are_refused() {
         for (a, b) in [(Running, Setup), (Setup, Init), (Init, Queued)] {
-            assert_eq!(check_transition(a, b), Err(IllegalTransition { from: a, to: b }));
+            assert_eq!(
+                check_transition(a, b),
+                Err(IllegalTransition { from: a, to: b })
+            );
         }
     }
 
