@@ -330,6 +330,31 @@ pub struct Health {
     pub version: String,
 }
 
+/// The dashboard's summary (`GET /api/stats`): cheap enough to poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Processes per state; every state is present (zero when none).
+    #[serde(default)]
+    pub by_state: std::collections::BTreeMap<ProcState, u64>,
+    /// Processes in the store.
+    #[serde(default)]
+    pub total: u64,
+    /// Hosts heartbeating within the TTL.
+    #[serde(default)]
+    pub hosts_up: u64,
+    /// Hosts the master knows, up or down.
+    #[serde(default)]
+    pub hosts_total: u64,
+    /// Processes submitted per minute, oldest first: one entry per minute
+    /// from `window_start`; the last is the current minute so far.
+    #[serde(default)]
+    pub per_minute: Vec<u64>,
+    /// The start of the first minute of `per_minute`.
+    pub window_start: DateTime<Utc>,
+    /// When these figures were taken.
+    pub at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +375,25 @@ mod tests {
                 .expect("a minimal heartbeat reads");
         assert_eq!(hb.scheme, "http");
         assert!(hb.running.is_empty());
+    }
+
+    #[test]
+    fn stats_keys_states_by_name() {
+        let mut by_state = std::collections::BTreeMap::new();
+        by_state.insert(ProcState::Running, 2);
+        let s = Stats {
+            by_state,
+            total: 2,
+            hosts_up: 1,
+            hosts_total: 1,
+            per_minute: vec![0, 2],
+            window_start: DateTime::from_timestamp(0, 0).expect("epoch"),
+            at: DateTime::from_timestamp(120, 0).expect("time"),
+        };
+        let v = serde_json::to_value(&s).expect("serializes");
+        assert_eq!(v["by_state"]["running"], 2);
+        let back: Stats = serde_json::from_value(v).expect("reads back");
+        assert_eq!(back, s);
     }
 
     #[test]
