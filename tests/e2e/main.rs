@@ -1,4 +1,5 @@
 //! End-to-end tests: each module starts real Dadd binaries.
 
+mod deploy;
 mod runner;
 mod support;
