@@ -613,3 +613,122 @@ fn operations_guide_is_linked_from_the_readme() {
         );
     }
 }
+
+// ---- deploy/postgres.sql -----------------------------------------------------
+
+/// Drops the role and database a test made, whatever happened.
+struct PgCleanup {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(&self.admin_url)
+            .args(["-q", "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS {}", self.name))
+            .args(["-c"])
+            .arg(format!("DROP ROLE IF EXISTS {}", self.name))
+            .output();
+    }
+}
+
+/// `deploy/postgres.sql` makes a role and database the master can run its
+/// migrations in, as that role (not a superuser). Runs when
+/// `DADD_TEST_POSTGRES_URL` names a superuser's connection and `psql` exists.
+#[test]
+fn postgres_sql_gives_the_master_a_usable_database() {
+    let Ok(admin_url) = std::env::var("DADD_TEST_POSTGRES_URL") else {
+        eprintln!("DADD_TEST_POSTGRES_URL is not set: deploy/postgres.sql not tried");
+        return;
+    };
+    if Command::new("psql").arg("--version").output().is_err() {
+        eprintln!("psql is not installed: deploy/postgres.sql not tried");
+        return;
+    }
+    // The script's names, made unique so runs never collide.
+    let name = format!("dadd_deploy_{}", std::process::id());
+    let script = read("deploy/postgres.sql")
+        .replace("ROLE dadd ", &format!("ROLE {name} "))
+        .replace(
+            "DATABASE dadd OWNER dadd",
+            &format!("DATABASE {name} OWNER {name}"),
+        )
+        .replace("\\connect dadd", &format!("\\connect {name}"))
+        .replace("OWNER TO dadd;", &format!("OWNER TO {name};"));
+    assert!(
+        script.matches(name.as_str()).count() >= 4,
+        "deploy/postgres.sql no longer has the expected statements:\n{script}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("postgres.sql");
+    std::fs::write(&file, &script).expect("write the script");
+    let _cleanup = PgCleanup {
+        admin_url: admin_url.clone(),
+        name: name.clone(),
+    };
+    let out = Command::new("psql")
+        .arg(&admin_url)
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&file)
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "deploy/postgres.sql fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // postgres://USER@HOST:PORT/DB → postgres://NAME:change-me@HOST:PORT/NAME
+    let rest = admin_url
+        .split_once("://")
+        .map_or(admin_url.as_str(), |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split(['/', '?']).next().unwrap_or(host);
+    let db_url = format!("postgres://{name}:change-me@{host}/{name}");
+    let mut master = crate::support::ChildGuard::new(
+        Command::new(bin("dadd-master"))
+            .args([
+                "--bind",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--database-url",
+            ])
+            .arg(&db_url)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("master.log")).expect("log file"))
+            .spawn()
+            .expect("dadd-master starts"),
+    );
+    let log = dir.path().join("master.log");
+    let addr: String = crate::support::wait_for(
+        "the master to listen on the database postgres.sql made",
+        std::time::Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|v| {
+                    v.pointer("/fields/addr")
+                        .and_then(|a| a.as_str())
+                        .map(str::to_owned)
+                })
+        },
+    );
+    let body = ureq::get(&format!("http://{addr}/api/health"))
+        .call()
+        .expect("GET /api/health")
+        .body_mut()
+        .read_to_string()
+        .expect("a health body");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("health is JSON");
+    assert_eq!(health["store"], "postgres", "{health}");
+    assert_eq!(health["status"], "ok", "{health}");
+    master.signal(nix::sys::signal::Signal::SIGTERM);
+    master.wait(std::time::Duration::from_secs(20));
+}
