@@ -1024,6 +1024,115 @@ impl Store {
     }
 }
 
+// ---- dashboard summary (GET /api/stats) --------------------------------
+
+/// The figures behind the dashboard's summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DashboardStats {
+    /// Processes per state (states with none are absent).
+    pub by_state: Vec<(ProcState, i64)>,
+    /// Hosts heartbeating since the cutoff.
+    pub hosts_up: i64,
+    /// Hosts known.
+    pub hosts_total: i64,
+    /// Processes created per minute since the window start: (minute index
+    /// from the start, count); minutes with none are absent.
+    pub per_minute: Vec<(i64, i64)>,
+}
+
+impl Store {
+    /// The dashboard's summary: processes per state, hosts up (heartbeat at
+    /// or after `up_cutoff`) and known, processes created per minute at or
+    /// after `since` (ms).
+    ///
+    /// Cheap with any number of processes, since the dashboard polls it: the
+    /// state counts read only the `(state, id)` index; the window's first id
+    /// is found by a binary search over the primary key (ids grow with
+    /// `created_at`), so only the window's rows are read.
+    pub async fn dashboard_stats(&self, since: i64, up_cutoff: i64) -> Result<DashboardStats> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM processes GROUP BY state")
+            .fetch_all(&self.read)
+            .await?;
+        let by_state = rows
+            .iter()
+            .map(|r| Ok((state_of(r.try_get::<String, _>(0)?)?, r.try_get(1)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let hosts_total: i64 = sqlx::query("SELECT COUNT(*) FROM hosts")
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?;
+        let hosts_up: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM hosts WHERE status = 'up' AND last_heartbeat >= $1",
+        )
+        .bind(up_cutoff)
+        .fetch_one(&self.read)
+        .await?
+        .try_get(0)?;
+        let mut per_minute = Vec::new();
+        if let Some(first) = self.first_id_since(since).await? {
+            let rows = sqlx::query(
+                "SELECT (created_at - $1) / 60000 AS m, COUNT(*) FROM processes \
+                 WHERE id >= $2 AND created_at >= $1 GROUP BY m ORDER BY m",
+            )
+            .bind(since)
+            .bind(first)
+            .fetch_all(&self.read)
+            .await?;
+            for r in rows {
+                per_minute.push((r.try_get(0)?, r.try_get(1)?));
+            }
+        }
+        Ok(DashboardStats {
+            by_state,
+            hosts_up,
+            hosts_total,
+            per_minute,
+        })
+    }
+
+    /// A lower bound of the ids created at or after `since`, by binary
+    /// search on the primary key (a few dozen index lookups at most); None
+    /// when no process is that recent.
+    async fn first_id_since(&self, since: i64) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MIN(id), MAX(id) FROM processes")
+            .fetch_one(&self.read)
+            .await?;
+        let (Some(min), Some(max)) = (
+            row.try_get::<Option<i64>, _>(0)?,
+            row.try_get::<Option<i64>, _>(1)?,
+        ) else {
+            return Ok(None);
+        };
+        // The first process at or after `mid` (ids have gaps after pruning).
+        let probe = |mid: i64| async move {
+            let row = sqlx::query(
+                "SELECT id, created_at FROM processes WHERE id >= $1 ORDER BY id LIMIT 1",
+            )
+            .bind(mid)
+            .fetch_optional(&self.read)
+            .await?;
+            row.map(|r| Ok::<_, StoreError>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+                .transpose()
+        };
+        match probe(max).await? {
+            Some((_, at)) if at >= since => {}
+            _ => return Ok(None),
+        }
+        // Invariant: the first process in the window is at or after `lo`
+        // and at or before the first process at or after `hi`.
+        let (mut lo, mut hi) = (min, max);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match probe(mid).await? {
+                Some((_, at)) if at >= since => hi = mid,
+                Some((id, _)) => lo = id + 1,
+                None => break,
+            }
+        }
+        Ok(Some(lo))
+    }
+}
+
 /// Makes sure a SQLite URL creates its file, and its directory exists.
 fn sqlite_url(url: &str) -> Result<String> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");

@@ -60,6 +60,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("delete", "/api/hosts/{host}", "forget a host"),
     ("get", "/api/health", "whether the store answers"),
     ("get", "/api/openapi.json", "this API's OpenAPI document"),
+    (
+        "get",
+        "/api/stats",
+        "the dashboard's summary: processes per state, hosts up, submissions per minute",
+    ),
     ("get", "/metrics", "Prometheus metrics"),
     ("get", "/files", "list the file store"),
     ("put", "/files/{path}", "store a file"),
@@ -90,11 +95,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/api/hosts/{host}", web::delete().to(hosts::delete))
             .route("/api/health", web::get().to(misc::health))
             .route("/api/openapi.json", web::get().to(misc::openapi))
+            .route("/api/stats", web::get().to(crate::dashboard::stats))
             .route("/metrics", web::get().to(misc::metrics))
             .route("/files", web::get().to(files::list))
             .route("/files/{path:.*}", web::put().to(files::put))
             .route("/files/{path:.*}", web::get().to(files::get))
             .route("/files/{path:.*}", web::delete().to(files::delete))
+            .configure(crate::dashboard::configure)
             .default_service(web::to(no_route)),
     );
 }
