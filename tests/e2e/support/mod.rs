@@ -15,6 +15,7 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 pub mod bins;
+pub mod browser;
 pub mod http;
 pub mod procs;
 pub mod pyindex;
