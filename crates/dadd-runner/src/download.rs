@@ -2,6 +2,10 @@
 //! SHA-256 checked when the spec gives one, capped in size, retried on
 //! connection errors and 5xx (never on 4xx). URLs are printed without
 //! their credentials.
+//!
+//! A download from the master itself (its `/files` store) carries the
+//! process's token and id: with API tokens configured, the master's store is
+//! not open, and the runner holds no API token.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -12,8 +16,12 @@ use dadd_spec::{redact_url, Download};
 use sha2::{Digest, Sha256};
 use ureq::Agent;
 
+use crate::load::MasterTarget;
 use crate::outlog::OutputLog;
 use crate::signals::Signals;
+
+/// The header naming the process whose token a download carries.
+pub const PROCESS_HEADER: &str = "X-Dadd-Process";
 
 /// Retries after the first attempt (so at most four attempts).
 pub const RETRIES: u32 = 3;
@@ -90,9 +98,10 @@ pub fn fetch_all(
     cap: u64,
     log: &OutputLog,
     signals: &mut Signals,
+    master: Option<&MasterTarget>,
 ) -> Result<(), DownloadError> {
     for d in downloads {
-        fetch(agent, d, dir, cap, log, signals)?;
+        fetch(agent, d, dir, cap, log, signals, master)?;
     }
     Ok(())
 }
@@ -105,6 +114,7 @@ pub fn fetch(
     cap: u64,
     log: &OutputLog,
     signals: &mut Signals,
+    master: Option<&MasterTarget>,
 ) -> Result<u64, DownloadError> {
     let url = redact_url(&d.url);
     let path = dir.join(&d.filename);
@@ -112,7 +122,7 @@ pub fn fetch(
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 0;
     let result = loop {
-        match try_once(agent, d, &url, &path, cap, signals) {
+        match try_once(agent, d, &url, &path, cap, signals, master) {
             Attempt::Done { bytes, sha256 } => break Ok((bytes, sha256)),
             Attempt::Fail(e) => break Err(e),
             Attempt::Retry(e) if attempt < RETRIES => {
@@ -157,6 +167,12 @@ pub fn fetch(
     }
 }
 
+/// Whether `url` is served by the master at `master` (same scheme, host
+/// and port): only there does the process token go.
+fn same_origin(url: &url::Url, master: &str) -> bool {
+    url::Url::parse(master).is_ok_and(|m| m.origin() == url.origin())
+}
+
 fn try_once(
     agent: &Agent,
     d: &Download,
@@ -164,6 +180,7 @@ fn try_once(
     path: &Path,
     cap: u64,
     signals: &mut Signals,
+    master: Option<&MasterTarget>,
 ) -> Attempt {
     let name = || d.filename.clone();
     let transport = |reason: String| {
@@ -173,7 +190,13 @@ fn try_once(
             reason,
         })
     };
-    let mut resp = match agent.get(d.url.as_str()).call() {
+    let mut req = agent.get(d.url.as_str());
+    if let Some(m) = master.filter(|m| same_origin(&d.url, &m.url)) {
+        req = req
+            .header("Authorization", format!("Bearer {}", m.token))
+            .header(PROCESS_HEADER, m.process_id.to_string());
+    }
+    let mut resp = match req.call() {
         Ok(r) => r,
         Err(e) => return transport(e.to_string()),
     };
@@ -239,5 +262,34 @@ fn try_once(
     Attempt::Done {
         bytes: total,
         sha256: hex::encode(hasher.finalize()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_goes_only_to_the_masters_origin() {
+        let url = |u: &str| url::Url::parse(u).expect("url");
+        let master = "http://127.0.0.1:5000";
+        assert!(same_origin(
+            &url("http://127.0.0.1:5000/files/a.json"),
+            master
+        ));
+        assert!(same_origin(
+            &url("http://127.0.0.1:5000/files/a.json"),
+            "http://127.0.0.1:5000/"
+        ));
+        assert!(!same_origin(
+            &url("http://127.0.0.1:5001/files/a.json"),
+            master
+        ));
+        assert!(!same_origin(
+            &url("https://127.0.0.1:5000/files/a.json"),
+            master
+        ));
+        assert!(!same_origin(&url("http://s3.example/files/a.json"), master));
+        assert!(!same_origin(&url("http://127.0.0.1:5000/a"), "not a url"));
     }
 }

@@ -227,6 +227,7 @@ impl<'a> Run<'a> {
             self.cli.max_download_bytes,
             &self.log,
             &mut self.signals,
+            self.job.master.as_ref(),
         ) {
             self.log.line(&e);
             return match e {

@@ -178,9 +178,37 @@ fn entry(r: &FileRow) -> FileEntry {
     }
 }
 
+/// The header a runner names its process with when it downloads from the
+/// store with that process's token.
+pub const PROCESS_HEADER: &str = "x-dadd-process";
+
+/// Who may read a file: a user (an API token), or the runner of an
+/// unfinished process with that process's token, named by `X-Dadd-Process`:
+/// specs download from the store, and runners hold no API token.
+async fn may_read(st: &State, req: &HttpRequest) -> Result<(), ApiError> {
+    let user = st.auth.user(req);
+    if user.is_ok() {
+        return user;
+    }
+    let Some(id) = req
+        .headers()
+        .get(PROCESS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+    else {
+        return user;
+    };
+    match st.store.get_proc(id).await? {
+        Some(row) if !row.state.is_final() && row.token_hash.is_some() => {
+            st.auth.process(req, row.token_hash.as_deref())
+        }
+        _ => user,
+    }
+}
+
 /// `GET /files/{path}`: streamed, with the sha256 ETag (304 on a match).
 pub async fn get(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    st.auth.user(&req)?;
+    may_read(&st, &req).await?;
     let rel = path_of(&req)?;
     let row = st.store.get_file(&rel).await?.ok_or_else(|| {
         ApiError::NotFound(format!(
