@@ -1,5 +1,6 @@
 //! End-to-end tests: each module starts real Dadd binaries.
 
+mod cluster;
 mod dashboard;
 mod deploy;
 mod runner;

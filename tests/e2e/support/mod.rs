@@ -8,7 +8,10 @@
 //! - [`http`]: a small loopback HTTP server (fixed files, a 404, a
 //!   500-then-200 URL, request recording) and a fake master that records a
 //!   runner's state reports and log chunks and can answer 503 or 409;
-//! - [`pyindex`]: a PEP 503 simple index serving a wheel built by the test.
+//! - [`pyindex`]: a PEP 503 simple index serving a wheel built by the test;
+//! - [`cluster`]: a whole cluster of real daemons (master on SQLite or a
+//!   fresh Postgres schema, restartable workers, a webhook sink) and a
+//!   blocking client of the master's API.
 //!
 //! Everything binds 127.0.0.1 on port 0 and lives in the test's own temp dir.
 
@@ -16,6 +19,7 @@
 
 pub mod bins;
 pub mod browser;
+pub mod cluster;
 pub mod http;
 pub mod procs;
 pub mod pyindex;

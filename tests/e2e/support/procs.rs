@@ -69,6 +69,13 @@ impl ChildGuard {
         let _ = kill(Pid::from_raw(self.pid()), sig);
     }
 
+    /// Its exit status if it has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Waits for it to exit, at most `deadline`.
     pub fn wait(&mut self, deadline: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("not yet waited");
