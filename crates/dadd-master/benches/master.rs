@@ -4,7 +4,9 @@
 //! `DADD_TEST_POSTGRES_URL` is set.
 //!
 //! Run: `cargo bench -p dadd-master` (release). `DADD_BENCH_PLACEMENTS`,
-//! `DADD_BENCH_HEARTBEATS` and `DADD_BENCH_ROWS` change the sizes.
+//! `DADD_BENCH_HEARTBEATS` and `DADD_BENCH_ROWS` change the sizes;
+//! `DADD_BENCH_BACKENDS=sqlite` (or `postgres`) runs one store only, and
+//! `DADD_BENCH_PLACEMENTS=0 DADD_BENCH_HEARTBEATS=0` only the list pages.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -309,9 +311,13 @@ async fn bench_backend(backend: &str) -> Option<()> {
 }
 
 fn main() {
+    let only = std::env::var("DADD_BENCH_BACKENDS").unwrap_or_default();
+    let run = |b: &str| only.is_empty() || only.split(',').any(|o| o.trim() == b);
     actix_rt::System::new().block_on(async {
-        bench_backend("sqlite").await;
-        if bench_backend("postgres").await.is_none() {
+        if run("sqlite") {
+            bench_backend("sqlite").await;
+        }
+        if run("postgres") && bench_backend("postgres").await.is_none() {
             println!("## postgres\nskipped: set DADD_TEST_POSTGRES_URL to run it");
         }
     });

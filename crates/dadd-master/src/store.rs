@@ -102,6 +102,15 @@ const UNFINISHED: &str = "('init','setup','running')";
 const SUMMARY_COLS: &str = "id, state, cmd, host_id, host, pid, exit_code, signal, reason, \
      created_at, started_at, ended_at, updated_at, token_hash, log_size";
 
+/// Columns of a listed process, in the order of [`Listed`].
+const LIST_COLS: &str = "id, state, cmd, host_id, host, pid, exit_code, signal, reason, \
+     created_at, started_at, ended_at, updated_at, log_size";
+/// The same as JSON array items (`cmd` is JSON text, embedded as JSON).
+const LIST_COLS_SQLITE: &str = "id, state, json(cmd), host_id, host, pid, exit_code, signal, \
+     reason, created_at, started_at, ended_at, updated_at, log_size";
+const LIST_COLS_POSTGRES: &str = "id, state, cmd::json, host_id, host, pid, exit_code, signal, \
+     reason, created_at, started_at, ended_at, updated_at, log_size";
+
 /// The current time, unix milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -138,10 +147,69 @@ pub struct ProcRow {
     pub ended_at: Option<i64>,
     /// Last change, ms.
     pub updated_at: i64,
-    /// SHA-256 (hex) of the per-process token.
+    /// SHA-256 (hex) of the per-process token (none in lists).
     pub token_hash: Option<String>,
     /// Log bytes received (the runner's offsets).
     pub log_size: i64,
+}
+
+/// One process of a list page as the store's JSON aggregate holds it: an
+/// array in [`LIST_COLS`] order.
+#[derive(Debug, serde::Deserialize)]
+struct Listed(
+    i64,
+    ProcState,
+    Vec<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+impl Listed {
+    fn into_row(self) -> ProcRow {
+        let Listed(
+            id,
+            state,
+            cmd,
+            host_id,
+            host,
+            pid,
+            exit_code,
+            signal,
+            reason,
+            created_at,
+            started_at,
+            ended_at,
+            updated_at,
+            log_size,
+        ) = self;
+        ProcRow {
+            id,
+            state,
+            spec: String::new(),
+            cmd,
+            host_id,
+            host,
+            pid,
+            exit_code,
+            signal,
+            reason,
+            created_at,
+            started_at,
+            ended_at,
+            updated_at,
+            token_hash: None,
+            log_size,
+        }
+    }
 }
 
 /// One history entry.
@@ -447,9 +515,14 @@ impl Store {
         row.map(|r| proc_row(&r, true)).transpose()
     }
 
-    /// A page of processes, newest first.
+    /// A page of processes, newest first, without spec or token hash.
+    ///
+    /// The page is built in SQL as one JSON text row (an array of arrays,
+    /// one per process) so the driver decodes a single row instead of one
+    /// per process: per-row decoding through `AnyPool` was most of a page's
+    /// time.
     pub async fn list_procs(&self, f: &ListFilter) -> Result<Vec<ProcRow>> {
-        let mut sql = format!("SELECT {SUMMARY_COLS} FROM processes");
+        let mut inner = format!("SELECT {LIST_COLS} FROM processes");
         let mut args = Vec::new();
         let mut conds = Vec::new();
         if !f.states.is_empty() {
@@ -469,11 +542,20 @@ impl Store {
             conds.push(format!("id < ${}", args.len()));
         }
         if !conds.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conds.join(" AND "));
+            inner.push_str(" WHERE ");
+            inner.push_str(&conds.join(" AND "));
         }
         args.push(Arg::I(f.limit));
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len()));
+        inner.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len()));
+        let sql = match self.backend {
+            Backend::Sqlite => format!(
+                "SELECT json_group_array(json_array({LIST_COLS_SQLITE})) FROM ({inner}) AS p"
+            ),
+            Backend::Postgres => format!(
+                "SELECT COALESCE(json_agg(json_build_array({LIST_COLS_POSTGRES})), '[]')::text \
+                 FROM ({inner}) AS p"
+            ),
+        };
         let mut q = sqlx::query(&sql);
         for a in args {
             q = match a {
@@ -481,8 +563,18 @@ impl Store {
                 Arg::S(s) => q.bind(s),
             };
         }
-        let rows = q.fetch_all(&self.read).await?;
-        rows.iter().map(|r| proc_row(r, false)).collect()
+        let page: Option<String> = q.fetch_one(&self.read).await?.try_get(0)?;
+        let Some(page) = page else {
+            return Ok(Vec::new());
+        };
+        let listed: Vec<Listed> = serde_json::from_str(&page)
+            .map_err(|e| StoreError::Corrupt(format!("process page: {e}")))?;
+        let mut rows: Vec<ProcRow> = listed.into_iter().map(Listed::into_row).collect();
+        // Both aggregate in the subquery's order in practice but do not
+        // promise it; sorting here is cheaper than Postgres's ordered
+        // aggregate.
+        rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.id));
+        Ok(rows)
     }
 
     /// A process's history, oldest first.
@@ -575,9 +667,55 @@ impl Store {
             .collect()
     }
 
-    /// Marks processes `init` on their hosts, in one transaction; returns the
-    /// ids actually claimed (a process killed meanwhile is skipped).
+    /// Marks processes `init` on their hosts, atomically; returns the ids
+    /// actually claimed (a process killed or claimed meanwhile is skipped:
+    /// each update is conditional on `queued`, so none is placed twice).
     pub async fn claim(&self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.backend {
+            Backend::Postgres => self.claim_set(claims, now).await,
+            Backend::Sqlite => self.claim_each(claims, now).await,
+        }
+    }
+
+    /// Postgres: the whole batch in one statement (one round trip): the
+    /// claims travel as one JSON parameter (the `Any` driver binds no
+    /// arrays), the update and the history insert are one CTE.
+    async fn claim_set(&self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
+        let batch: Vec<serde_json::Value> = claims
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "proc_id": c.proc_id,
+                    "host_id": c.host_id,
+                    "host": c.host,
+                    "token_hash": c.token_hash,
+                })
+            })
+            .collect();
+        let batch =
+            serde_json::to_string(&batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "WITH c AS (SELECT * FROM json_to_recordset($1::json) \
+                 AS c(proc_id BIGINT, host_id BIGINT, host TEXT, token_hash TEXT)), \
+             u AS (UPDATE processes p SET state = 'init', host_id = c.host_id, host = c.host, \
+                 token_hash = c.token_hash, updated_at = $2, missed_heartbeats = 0, reason = NULL \
+                 FROM c WHERE p.id = c.proc_id AND p.state = 'queued' RETURNING p.id), \
+             h AS (INSERT INTO history (proc_id, state, at) SELECT id, 'init', $2 FROM u) \
+             SELECT id FROM u ORDER BY id",
+        )
+        .bind(batch)
+        .bind(now)
+        .fetch_all(&self.write)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// SQLite: one transaction on the in-process write connection, where a
+    /// statement costs no round trip.
+    async fn claim_each(&self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
         let mut done = Vec::with_capacity(claims.len());
         let mut tx = self.write.begin().await?;
         for c in claims {
