@@ -264,9 +264,12 @@ fn a_submitted_process_appears_and_succeeds_without_a_reload_and_its_page_shows_
             "config": {"db": "postgres://app:very-secret-pw@db/app", "level": 3},
         }));
         let row = format!("tr[data-id=\"{id}\"]");
-        wait_text(&b, "the new row to say success", &format!("{row} td:nth-child(2)"), |t| {
-            t == "success"
-        })
+        wait_text(
+            &b,
+            "the new row to say success",
+            &format!("{row} td:nth-child(2)"),
+            |t| t == "success",
+        )
         .await;
         assert_eq!(
             b.js("return window.__stayed || null;").await,
@@ -289,7 +292,9 @@ fn a_submitted_process_appears_and_succeeds_without_a_reload_and_its_page_shows_
         })
         .await;
         eventually("a bar in the chart", DEADLINE, || async {
-            let n = b.js("return document.querySelectorAll('#chart rect').length;").await;
+            let n = b
+                .js("return document.querySelectorAll('#chart rect').length;")
+                .await;
             if n.as_u64().unwrap_or(0) >= 1 {
                 Ok(())
             } else {
@@ -311,7 +316,10 @@ fn a_submitted_process_appears_and_succeeds_without_a_reload_and_its_page_shows_
         .await;
         let timeline = b.text("#timeline").await.unwrap_or_default();
         for state in ["queued", "init", "setup", "running", "success"] {
-            assert!(timeline.contains(state), "{state} in the timeline: {timeline}");
+            assert!(
+                timeline.contains(state),
+                "{state} in the timeline: {timeline}"
+            );
         }
         let spec = b.text("#spec").await.unwrap_or_default();
         assert!(
@@ -320,6 +328,8 @@ fn a_submitted_process_appears_and_succeeds_without_a_reload_and_its_page_shows_
         );
         assert!(spec.contains("\"db\"") && spec.contains("hidden"), "{spec}");
         assert!(!displayed(&b, "#kill").await, "no kill button once over");
+        // Tall enough to show the spec under the log.
+        b.client.set_window_size(1280, 1500).await.expect("resize");
         b.screenshot("process-success").await;
     });
 }
@@ -345,9 +355,15 @@ fn a_running_process_is_killed_from_its_page() {
         assert!(displayed(&b, "#kill").await, "a kill button while it runs");
         b.click("#kill").await;
         let question = b.client.get_alert_text().await.expect("a confirmation");
-        assert!(question.contains(&format!("Kill process {id}")), "{question}");
+        assert!(
+            question.contains(&format!("Kill process {id}")),
+            "{question}"
+        );
         b.client.accept_alert().await.expect("accept");
-        wait_text(&b, "the page to show killed", "#proc-state", |t| t == "killed").await;
+        wait_text(&b, "the page to show killed", "#proc-state", |t| {
+            t == "killed"
+        })
+        .await;
         eventually("the kill button to go", DEADLINE, || async {
             if displayed(&b, "#kill").await {
                 Err("still shown".to_owned())
@@ -356,7 +372,15 @@ fn a_running_process_is_killed_from_its_page() {
             }
         })
         .await;
-        wait_text(&b, "killed in the timeline", "#timeline", |t| t.contains("killed")).await;
+        wait_text(&b, "killed in the timeline", "#timeline", |t| {
+            t.contains("killed")
+        })
+        .await;
+        let log = wait_text(&b, "the log to be complete", "#log-status", |t| {
+            t.starts_with("Complete")
+        })
+        .await;
+        assert!(log.contains('B'), "{log}");
         b.screenshot("process-killed").await;
     });
     assert_eq!(c.proc(id).summary.state, ProcState::Killed);
@@ -372,7 +396,10 @@ fn a_failed_process_shows_its_exit_code_and_log() {
         // The list, filtered to failures, by the page's own control.
         b.goto(&c.url("/")).await;
         let row = format!("tr[data-id=\"{id}\"]");
-        wait_text(&b, "the row", &format!("{row} td:nth-child(2)"), |t| t == "failed").await;
+        wait_text(&b, "the row", &format!("{row} td:nth-child(2)"), |t| {
+            t == "failed"
+        })
+        .await;
         b.client
             .find(Locator::Css("#state-filter"))
             .await
@@ -385,7 +412,11 @@ fn a_failed_process_shows_its_exit_code_and_log() {
         })
         .await;
         let url = b.client.current_url().await.expect("url");
-        assert_eq!(url.query(), Some("state=failed%2Clost"), "the filter is in the URL");
+        assert_eq!(
+            url.query(),
+            Some("state=failed%2Clost"),
+            "the filter is in the URL"
+        );
         assert_eq!(
             b.text(&format!("{row} td.exit")).await.as_deref(),
             Some("3")
@@ -396,7 +427,10 @@ fn a_failed_process_shows_its_exit_code_and_log() {
         let log = wait_text(&b, "the log", "#log", |t| t.contains("about to fail")).await;
         assert!(log.contains("about to fail"));
         let facts = wait_text(&b, "the facts", "#facts", |t| t.contains("Exit code")).await;
-        assert!(facts.contains("Exit code\n3") || facts.contains("Exit code 3"), "{facts}");
+        assert!(
+            facts.contains("Exit code\n3") || facts.contains("Exit code 3"),
+            "{facts}"
+        );
         b.screenshot("process-failed").await;
     });
 }
@@ -431,7 +465,10 @@ fn a_file_uploaded_through_the_page_can_be_downloaded_and_deleted() {
         let content = b"data for a spec's download_urls\n".repeat(40);
         std::fs::write(&local, &content).expect("a file to upload");
         b.goto(&c.url("/ui/files")).await;
-        wait_text(&b, "the empty store", "#files-status", |t| t.contains("empty")).await;
+        wait_text(&b, "the empty store", "#files-status", |t| {
+            t.contains("empty")
+        })
+        .await;
         b.client
             .find(Locator::Css("#upload-file"))
             .await
@@ -498,17 +535,31 @@ fn with_api_tokens_the_page_asks_for_one_once() {
         .await;
         b.screenshot("token-dialog").await;
         // A wrong token is refused and asked again.
-        let input = b.client.find(Locator::Css("#auth-token")).await.expect("input");
+        let input = b
+            .client
+            .find(Locator::Css("#auth-token"))
+            .await
+            .expect("input");
         input.send_keys("not-the-token").await.expect("type");
         b.click("#auth-submit").await;
-        wait_text(&b, "the refusal", "#auth-error", |t| t.contains("not accepted")).await;
-        let input = b.client.find(Locator::Css("#auth-token")).await.expect("input");
+        wait_text(&b, "the refusal", "#auth-error", |t| {
+            t.contains("not accepted")
+        })
+        .await;
+        let input = b
+            .client
+            .find(Locator::Css("#auth-token"))
+            .await
+            .expect("input");
         input.send_keys(API_TOKEN).await.expect("type");
         b.click("#auth-submit").await;
         let row = format!("tr[data-id=\"{id}\"]");
-        wait_text(&b, "the list behind the token", &format!("{row} td:nth-child(2)"), |t| {
-            t == "success"
-        })
+        wait_text(
+            &b,
+            "the list behind the token",
+            &format!("{row} td:nth-child(2)"),
+            |t| t == "success",
+        )
         .await;
         // Another page in the same tab: no second question.
         b.goto(&c.url("/ui/hosts")).await;
@@ -516,7 +567,10 @@ fn with_api_tokens_the_page_asks_for_one_once() {
         wait_text(&b, "the hosts", &host, |t| t.contains("up")).await;
         assert!(!displayed(&b, "#auth-token").await, "asked once per tab");
         b.goto(&c.url(&format!("/ui/procs/{id}"))).await;
-        wait_text(&b, "the log behind the token", "#log", |t| t.contains("behind a token")).await;
+        wait_text(&b, "the log behind the token", "#log", |t| {
+            t.contains("behind a token")
+        })
+        .await;
     });
     // The token went in a header, never in a URL (the master logs URLs).
     let log = std::fs::read_to_string(c.dir.path().join("master.log")).expect("master log");

@@ -689,7 +689,11 @@
         stateBox.replaceChildren(badge(d.state));
       }
       killBtn.hidden = FINAL.has(d.state);
-      if (FINAL.has(d.state)) setText($("kill-status"), "");
+      if (FINAL.has(d.state)) {
+        setText($("kill-status"), "");
+        // Over: fetch the rest of the log now rather than at the next tick.
+        if (offset !== null) logPoll.now();
+      }
       facts(d, d);
       timeline(d.history || []);
       const spec = JSON.stringify(masked(d.spec), null, 2);

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
@@ -51,8 +51,12 @@ fn find(env: &str, candidates: &[&str], name: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
         .chain(
             std::env::var_os("PATH")
-                .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
-                .unwrap_or_else(Vec::<PathBuf>::new),
+                .map(|p| {
+                    std::env::split_paths(&p)
+                        .map(|d| d.join(name))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
         )
         .find(|p| p.is_file())
 }
@@ -134,9 +138,10 @@ impl Browser {
             .stderr(Stdio::from(err))
             // Its own group, so one signal reaches it and every browser process.
             .process_group(0);
-        let driver = ChildGuard::new(cmd.spawn().unwrap_or_else(|e| {
-            panic!("cannot start {}: {e}", chromedriver.display())
-        }));
+        let driver = ChildGuard::new(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver.display())),
+        );
         let driver_url = format!("http://127.0.0.1:{port}");
         let status = format!("{driver_url}/status");
         let start = Instant::now();
@@ -279,11 +284,41 @@ impl Drop for Browser {
         }
         // ...then the driver's whole group: anything left of the browser.
         if let Some(driver) = self.driver.take() {
-            let pgid = Pid::from_raw(driver.pid());
-            let _ = killpg(pgid, Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(driver.pid()), Signal::SIGKILL);
             drop(driver);
         }
+        // Chromium's crash handlers leave the group for sessions of their
+        // own; they (and any straggler) name the profile dir on their
+        // command line, which no other process does.
+        let start = Instant::now();
+        loop {
+            let left = processes_naming(self.dir.path());
+            for pid in &left {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            if left.is_empty() || start.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+}
+
+/// Live processes (zombies aside) whose command line mentions `dir`.
+fn processes_naming(dir: &Path) -> Vec<i32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+                && pid_alive(*pid)
+        })
+        .collect()
 }
 
 /// Polls `f` until it returns `Some`, at most `deadline`; panics naming

@@ -1,6 +1,7 @@
 //! The shared end-to-end harness: everything a test needs to start the real
 //! Dadd binaries on loopback and check what a user would.
 //!
+//! - [`browser`]: headless Chromium under chromedriver, for the dashboard;
 //! - [`bins`]: the workspace's binaries, built once per test run;
 //! - [`wait`]: waiting for a condition with a deadline (never a bare sleep);
 //! - [`procs`]: process guards that kill what a test started (whole groups

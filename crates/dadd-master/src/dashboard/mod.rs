@@ -59,7 +59,8 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 ];
 
 /// Only this origin's scripts, styles, images and API; no framing.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+const CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
      connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// How long a hashed asset URL may be cached: its content never changes.
@@ -287,7 +288,10 @@ mod tests {
             assert!(h(&headers, "content-security-policy").contains("script-src 'self'"));
             assert!(body.contains(&format!("data-page=\"{page}\"")), "{path}");
             assert!(!body.contains("{{"), "{path}: every placeholder is filled");
-            assert!(!body.contains("http://") && !body.contains("https://"), "no external URL");
+            assert!(
+                !body.contains("http://") && !body.contains("https://"),
+                "no external URL"
+            );
             let etag = h(&headers, "etag").to_owned();
             let (s, _, body) = get(path, Some(&etag)).await;
             assert_eq!(s, StatusCode::NOT_MODIFIED, "{path}");
@@ -314,10 +318,7 @@ mod tests {
             let start = html
                 .find(&format!("/ui/assets/{name}?v="))
                 .unwrap_or_else(|| panic!("{name} is linked"));
-            let link: String = html[start..]
-                .chars()
-                .take_while(|c| *c != '"')
-                .collect();
+            let link: String = html[start..].chars().take_while(|c| *c != '"').collect();
             let (s, headers, body) = get(&link, None).await;
             assert_eq!(s, StatusCode::OK, "{link}");
             assert_eq!(h(&headers, "content-type"), ctype);

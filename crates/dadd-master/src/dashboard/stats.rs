@@ -84,7 +84,11 @@ mod tests {
         assert_eq!(s.total, 2);
         assert_eq!(s.per_minute.len(), 60);
         assert_eq!((s.per_minute[0], s.per_minute[59]), (1, 3));
-        assert_eq!(s.per_minute.iter().sum::<u64>(), 4, "outside the window is dropped");
+        assert_eq!(
+            s.per_minute.iter().sum::<u64>(),
+            4,
+            "outside the window is dropped"
+        );
     }
 
     async fn store(dir: &std::path::Path) -> Store {
@@ -109,11 +113,20 @@ mod tests {
                 .expect("insert");
         }
         let since = base - hour;
-        for (i, at) in [since, since + 10, since + MINUTE_MS, base].iter().enumerate() {
-            let row = s.insert_proc("{}", &["true".into()], *at).await.expect("insert");
+        for (i, at) in [since, since + 10, since + MINUTE_MS, base]
+            .iter()
+            .enumerate()
+        {
+            let row = s
+                .insert_proc("{}", &["true".into()], *at)
+                .await
+                .expect("insert");
             if i == 0 {
                 let c = Change::to(ProcState::Killed, None, *at);
-                assert!(s.transition(row.id, ProcState::Queued, &c).await.expect("kill"));
+                assert!(s
+                    .transition(row.id, ProcState::Queued, &c)
+                    .await
+                    .expect("kill"));
             }
         }
         s.heartbeat("127.0.0.1", 6000, "http", 2, "0", base)
@@ -122,7 +135,10 @@ mod tests {
         s.heartbeat("127.0.0.1", 6001, "http", 2, "0", base - hour)
             .await
             .expect("heartbeat");
-        let st = s.dashboard_stats(since, base - 10_000).await.expect("stats");
+        let st = s
+            .dashboard_stats(since, base - 10_000)
+            .await
+            .expect("stats");
         let mut by_state = st.by_state.clone();
         by_state.sort();
         assert_eq!(
