@@ -300,6 +300,9 @@ impl<'a> Run<'a> {
     }
 
     fn run_command(&mut self, reporter: &Reporter, launch: &Launch) -> Final {
+        // Before the spawn: once the command runs, it appends to the same
+        // file, and a line of ours could land inside one of its lines.
+        self.log.line(format!("running {}", shown(&launch.argv)));
         let running = match command::spawn(launch, self.dir, &self.log) {
             Ok(r) => r,
             Err(e) => {
@@ -316,11 +319,6 @@ impl<'a> Run<'a> {
         };
         self.command_pid = Some(running.pid());
         self.change(reporter, ProcState::Running);
-        self.log.line(format!(
-            "running {} (pid {})",
-            shown(&launch.argv),
-            running.pid()
-        ));
         let timeout = self.job.spec.timeout;
         let outcome = command::supervise(
             &running,
