@@ -287,7 +287,7 @@ fn a_submitted_process_appears_and_succeeds_without_a_reload_and_its_page_shows_
         let duration = b.text(&format!("{row} td.dur")).await.unwrap_or_default();
         assert!(duration.ends_with(" s"), "a duration: {duration:?}");
         // The summary counts it, and its minute has a bar.
-        wait_text(&b, "the summary to count it", "#state-counts", |t| {
+        wait_text(&b, "the summary to count it", "#final-counts", |t| {
             t.contains("success\n1") || t.contains("success 1")
         })
         .await;

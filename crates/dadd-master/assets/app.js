@@ -495,8 +495,7 @@
       procsPoll.now();
     });
 
-    // ---- the summary
-    const counts = $("state-counts");
+    // ---- the summary: unfinished states now, final ones over the hour
     const countButtons = new Map();
     for (const s of STATES) {
       const n = el("span", { class: "count", text: "–" });
@@ -506,6 +505,7 @@
         badge(s),
         n,
       );
+      const counts = FINAL.has(s) ? $("final-counts") : $("live-counts");
       b.addEventListener("click", () => {
         select.value = select.value === s ? "" : s;
         select.dispatchEvent(new Event("change"));
@@ -523,7 +523,8 @@
       for (const [state, { b, n }] of countButtons) {
         const v = (s.by_state && s.by_state[state]) || 0;
         setText(n, String(v));
-        b.setAttribute("aria-label", v + " " + state + (select.value === state ? ", shown" : ""));
+        const when = FINAL.has(state) ? " in the last hour" : " now";
+        b.setAttribute("aria-label", v + " " + state + when + ", show only " + state);
       }
       setText($("hosts-up"), s.hosts_up + " of " + s.hosts_total);
       drawChart($("chart"), s.per_minute || [], new Date(s.window_start));

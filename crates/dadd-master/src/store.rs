@@ -1167,108 +1167,120 @@ impl Store {
 /// The figures behind the dashboard's summary.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DashboardStats {
-    /// Processes per state (states with none are absent).
-    pub by_state: Vec<(ProcState, i64)>,
+    /// Unfinished processes per state, whenever submitted (states with
+    /// none are absent).
+    pub unfinished: Vec<(ProcState, i64)>,
+    /// Processes submitted since the window start, per minute (index from
+    /// the start) and state; empty groups are absent.
+    pub window: Vec<(i64, ProcState, i64)>,
     /// Hosts heartbeating since the cutoff.
     pub hosts_up: i64,
     /// Hosts known.
     pub hosts_total: i64,
-    /// Processes created per minute since the window start: (minute index
-    /// from the start, count); minutes with none are absent.
-    pub per_minute: Vec<(i64, i64)>,
 }
 
 impl Store {
-    /// The dashboard's summary: processes per state, hosts up (heartbeat at
-    /// or after `up_cutoff`) and known, processes created per minute at or
-    /// after `since` (ms).
+    /// The dashboard's summary: unfinished processes per state, processes
+    /// submitted at or after `since` (ms) per minute and state, hosts up
+    /// (heartbeat at or after `up_cutoff`) and known.
     ///
-    /// Cheap with any number of processes, since the dashboard polls it: the
-    /// state counts read only the `(state, id)` index; the window's first id
-    /// is found by a binary search over the primary key (ids grow with
-    /// `created_at`), so only the window's rows are read.
+    /// Cheap with any number of processes, since the dashboard polls it:
+    /// the unfinished states are a range of the `(state, id)` index; the
+    /// window's first id is found by a binary search over the primary key
+    /// (ids grow with `created_at`), so only the window's rows are read.
+    /// Final states are counted within the window only, never over the
+    /// whole history.
     pub async fn dashboard_stats(&self, since: i64, up_cutoff: i64) -> Result<DashboardStats> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM processes GROUP BY state")
-            .fetch_all(&self.read)
-            .await?;
-        let by_state = rows
+        let mut conn = self.read.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) FROM processes WHERE state IN ('queued','init','setup','running') GROUP BY state",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let unfinished = rows
             .iter()
             .map(|r| Ok((state_of(r.try_get::<String, _>(0)?)?, r.try_get(1)?)))
             .collect::<Result<Vec<_>>>()?;
         let hosts_total: i64 = sqlx::query("SELECT COUNT(*) FROM hosts")
-            .fetch_one(&self.read)
+            .fetch_one(&mut *conn)
             .await?
             .try_get(0)?;
-        let hosts_up: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM hosts WHERE status = 'up' AND last_heartbeat >= $1",
-        )
-        .bind(up_cutoff)
-        .fetch_one(&self.read)
-        .await?
-        .try_get(0)?;
-        let mut per_minute = Vec::new();
-        if let Some(first) = self.first_id_since(since).await? {
+        let hosts_up: i64 =
+            sqlx::query("SELECT COUNT(*) FROM hosts WHERE status = 'up' AND last_heartbeat >= $1")
+                .bind(up_cutoff)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+        let mut window = Vec::new();
+        if let Some(first) = first_id_since(&mut conn, since).await? {
             let rows = sqlx::query(
-                "SELECT (created_at - $1) / 60000 AS m, COUNT(*) FROM processes \
-                 WHERE id >= $2 AND created_at >= $1 GROUP BY m ORDER BY m",
+                "SELECT (created_at - $1) / 60000 AS m, state, COUNT(*) FROM processes \
+                 WHERE id >= $2 AND created_at >= $1 GROUP BY m, state",
             )
             .bind(since)
             .bind(first)
-            .fetch_all(&self.read)
+            .fetch_all(&mut *conn)
             .await?;
             for r in rows {
-                per_minute.push((r.try_get(0)?, r.try_get(1)?));
+                window.push((
+                    r.try_get(0)?,
+                    state_of(r.try_get::<String, _>(1)?)?,
+                    r.try_get(2)?,
+                ));
             }
         }
         Ok(DashboardStats {
-            by_state,
+            unfinished,
+            window,
             hosts_up,
             hosts_total,
-            per_minute,
         })
     }
+}
 
-    /// A lower bound of the ids created at or after `since`, by binary
-    /// search on the primary key (a few dozen index lookups at most); None
-    /// when no process is that recent.
-    async fn first_id_since(&self, since: i64) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT MIN(id), MAX(id) FROM processes")
-            .fetch_one(&self.read)
+/// A lower bound of the ids created at or after `since`, by binary search
+/// on the primary key (a few dozen index lookups at most, on one
+/// connection); None when no process is that recent.
+async fn first_id_since(conn: &mut sqlx::AnyConnection, since: i64) -> Result<Option<i64>> {
+    // Two subqueries: SQLite answers a lone MIN or MAX from the index, but
+    // both in one SELECT from a scan of the table.
+    let row =
+        sqlx::query("SELECT (SELECT MIN(id) FROM processes), (SELECT MAX(id) FROM processes)")
+            .fetch_one(&mut *conn)
             .await?;
-        let (Some(min), Some(max)) = (
-            row.try_get::<Option<i64>, _>(0)?,
-            row.try_get::<Option<i64>, _>(1)?,
-        ) else {
-            return Ok(None);
-        };
-        // The first process at or after `mid` (ids have gaps after pruning).
-        let probe = |mid: i64| async move {
-            let row = sqlx::query(
-                "SELECT id, created_at FROM processes WHERE id >= $1 ORDER BY id LIMIT 1",
-            )
-            .bind(mid)
-            .fetch_optional(&self.read)
-            .await?;
-            row.map(|r| Ok::<_, StoreError>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
-                .transpose()
-        };
-        match probe(max).await? {
-            Some((_, at)) if at >= since => {}
-            _ => return Ok(None),
-        }
-        // Invariant: the first process in the window is at or after `lo`
-        // and at or before the first process at or after `hi`.
-        let (mut lo, mut hi) = (min, max);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match probe(mid).await? {
-                Some((_, at)) if at >= since => hi = mid,
-                Some((id, _)) => lo = id + 1,
-                None => break,
-            }
-        }
-        Ok(Some(lo))
+    let (Some(min), Some(max)) = (
+        row.try_get::<Option<i64>, _>(0)?,
+        row.try_get::<Option<i64>, _>(1)?,
+    ) else {
+        return Ok(None);
+    };
+    match probe_at(conn, max).await? {
+        Some((_, at)) if at >= since => {}
+        _ => return Ok(None),
     }
+    // Invariant: the first process in the window is the first process at
+    // or after some id in `lo..=hi`, and the one at or after `hi` is in it.
+    let (mut lo, mut hi) = (min, max);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match probe_at(conn, mid).await? {
+            Some((_, at)) if at >= since => hi = mid,
+            Some((id, _)) => lo = id + 1,
+            None => break,
+        }
+    }
+    Ok(Some(lo))
+}
+
+/// The first process at or after id `at` (ids have gaps after pruning):
+/// its id and creation time.
+async fn probe_at(conn: &mut sqlx::AnyConnection, at: i64) -> Result<Option<(i64, i64)>> {
+    let row =
+        sqlx::query("SELECT id, created_at FROM processes WHERE id >= $1 ORDER BY id LIMIT 1")
+            .bind(at)
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
 }
 
 /// Makes sure a SQLite URL creates its file, and its directory exists.

@@ -330,15 +330,16 @@ pub struct Health {
     pub version: String,
 }
 
-/// The dashboard's summary (`GET /api/stats`): cheap enough to poll.
+/// The dashboard's summary (`GET /api/stats`): cheap enough to poll, so
+/// it never counts the whole history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
-    /// Processes per state; every state is present (zero when none).
+    /// Processes per state; every state is present (zero when none). An
+    /// unfinished state (`queued`, `init`, `setup`, `running`) counts every
+    /// such process; a final state counts those submitted since
+    /// `window_start`.
     #[serde(default)]
     pub by_state: std::collections::BTreeMap<ProcState, u64>,
-    /// Processes in the store.
-    #[serde(default)]
-    pub total: u64,
     /// Hosts heartbeating within the TTL.
     #[serde(default)]
     pub hosts_up: u64,
@@ -383,7 +384,6 @@ mod tests {
         by_state.insert(ProcState::Running, 2);
         let s = Stats {
             by_state,
-            total: 2,
             hosts_up: 1,
             hosts_total: 1,
             per_minute: vec![0, 2],

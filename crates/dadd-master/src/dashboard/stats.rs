@@ -31,25 +31,30 @@ pub(super) fn window_start(now: i64) -> i64 {
     (now.div_euclid(MINUTE_MS) + 1 - WINDOW_MINUTES) * MINUTE_MS
 }
 
-/// Store figures to the wire type: every state present, every minute of
-/// the window present (zeros where nothing happened).
+/// Store figures to the wire type: every state present (unfinished ones
+/// whenever submitted, final ones within the window), every minute of the
+/// window present (zeros where nothing happened).
 pub(super) fn summarize(raw: &DashboardStats, start: i64, now: i64) -> Stats {
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
     let mut by_state: std::collections::BTreeMap<ProcState, u64> =
         ProcState::ALL.iter().map(|s| (*s, 0)).collect();
-    for (state, n) in &raw.by_state {
-        by_state.insert(*state, u64::try_from(*n).unwrap_or(0));
+    for (state, n) in &raw.unfinished {
+        by_state.insert(*state, count(*n));
     }
     let mut per_minute = vec![0u64; WINDOW_MINUTES as usize];
-    for (m, n) in &raw.per_minute {
-        if let Some(slot) = usize::try_from(*m).ok().and_then(|m| per_minute.get_mut(m)) {
-            *slot += u64::try_from(*n).unwrap_or(0);
+    for (m, state, n) in &raw.window {
+        let Some(slot) = usize::try_from(*m).ok().and_then(|m| per_minute.get_mut(m)) else {
+            continue; // a clock step put it outside the window
+        };
+        *slot += count(*n);
+        if state.is_final() {
+            *by_state.entry(*state).or_default() += count(*n);
         }
     }
     Stats {
-        total: by_state.values().sum(),
         by_state,
-        hosts_up: u64::try_from(raw.hosts_up).unwrap_or(0),
-        hosts_total: u64::try_from(raw.hosts_total).unwrap_or(0),
+        hosts_up: count(raw.hosts_up),
+        hosts_total: count(raw.hosts_total),
         per_minute,
         window_start: time(start),
         at: time(now),
@@ -73,44 +78,117 @@ mod tests {
     #[test]
     fn every_state_and_minute_is_present() {
         let raw = DashboardStats {
-            by_state: vec![(ProcState::Failed, 2)],
+            unfinished: vec![(ProcState::Running, 4)],
+            window: vec![
+                (0, ProcState::Failed, 1),
+                (59, ProcState::Success, 3),
+                (59, ProcState::Running, 2),
+                (60, ProcState::Failed, 9),
+                (-1, ProcState::Failed, 9),
+            ],
             hosts_up: 1,
             hosts_total: 2,
-            per_minute: vec![(0, 1), (59, 3), (60, 9), (-1, 9)],
         };
         let s = summarize(&raw, 0, 59 * MINUTE_MS);
         assert_eq!(s.by_state.len(), ProcState::ALL.len());
-        assert_eq!(s.by_state[&ProcState::Failed], 2);
-        assert_eq!(s.total, 2);
-        assert_eq!(s.per_minute.len(), 60);
-        assert_eq!((s.per_minute[0], s.per_minute[59]), (1, 3));
         assert_eq!(
-            s.per_minute.iter().sum::<u64>(),
-            4,
+            s.by_state[&ProcState::Failed],
+            1,
             "outside the window is dropped"
         );
+        assert_eq!(s.by_state[&ProcState::Success], 3);
+        assert_eq!(
+            s.by_state[&ProcState::Running],
+            4,
+            "unfinished: whenever submitted"
+        );
+        assert_eq!(s.by_state[&ProcState::Queued], 0);
+        assert_eq!(s.per_minute.len(), 60);
+        assert_eq!((s.per_minute[0], s.per_minute[59]), (1, 5));
+        assert_eq!(s.per_minute.iter().sum::<u64>(), 6);
+        assert_eq!((s.hosts_up, s.hosts_total), (1, 2));
     }
 
-    async fn store(dir: &std::path::Path) -> Store {
-        let url = format!("sqlite://{}", dir.join("s.db").display());
-        Store::connect(&url, &StoreConfig::default())
+    /// A fresh Postgres schema, dropped at the end (when configured).
+    struct PgSchema {
+        base: String,
+        schema: String,
+    }
+
+    impl Drop for PgSchema {
+        fn drop(&mut self) {
+            let (base, schema) = (self.base.clone(), self.schema.clone());
+            // Drop runs inside the test's runtime: use a thread with its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    use sqlx::{Connection, Executor};
+                    if let Ok(mut c) = sqlx::AnyConnection::connect(&base).await {
+                        let _ = c
+                            .execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    async fn postgres() -> Option<(Store, PgSchema)> {
+        use sqlx::{Connection, Executor};
+        let base = std::env::var("DADD_TEST_POSTGRES_URL").ok()?;
+        sqlx::any::install_default_drivers();
+        let schema = format!("t_{}", &crate::auth::mint_token()[..16]);
+        let mut c = sqlx::AnyConnection::connect(&base)
             .await
-            .expect("store opens")
+            .expect("DADD_TEST_POSTGRES_URL is set but Postgres is unreachable");
+        c.execute(format!("CREATE SCHEMA {schema}").as_str())
+            .await
+            .expect("create a test schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let store = Store::connect(&url, &StoreConfig::default())
+            .await
+            .expect("store opens");
+        Some((store, PgSchema { base, schema }))
     }
 
     #[actix_web::test]
-    async fn counts_states_and_the_window_only() {
+    async fn counts_states_and_the_window_only_sqlite() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = store(dir.path()).await;
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let s = Store::connect(&url, &StoreConfig::default())
+            .await
+            .expect("store opens");
+        counts_states_and_the_window_only(s).await;
+    }
+
+    #[actix_web::test]
+    async fn counts_states_and_the_window_only_postgres() {
+        if let Some((s, _schema)) = postgres().await {
+            counts_states_and_the_window_only(s).await;
+        }
+    }
+
+    async fn counts_states_and_the_window_only(s: Store) {
         let empty = s.dashboard_stats(0, 0).await.expect("stats");
         assert_eq!(empty, DashboardStats::default());
         let hour = 3_600_000;
         let base = 100 * hour;
-        // Old processes, then some within the last hour, two a minute apart.
+        // Old processes (ten of them killed), then four within the last
+        // hour: two in its first minute (one killed), one in the next, one
+        // at its end.
         for i in 0..50 {
-            s.insert_proc("{}", &["true".into()], base - 2 * hour + i)
+            let row = s
+                .insert_proc("{}", &["true".into()], base - 2 * hour + i)
                 .await
                 .expect("insert");
+            if i % 5 == 0 {
+                kill(&s, row.id, base - 2 * hour).await;
+            }
         }
         let since = base - hour;
         for (i, at) in [since, since + 10, since + MINUTE_MS, base]
@@ -122,11 +200,7 @@ mod tests {
                 .await
                 .expect("insert");
             if i == 0 {
-                let c = Change::to(ProcState::Killed, None, *at);
-                assert!(s
-                    .transition(row.id, ProcState::Queued, &c)
-                    .await
-                    .expect("kill"));
+                kill(&s, row.id, *at).await;
             }
         }
         s.heartbeat("127.0.0.1", 6000, "http", 2, "0", base)
@@ -139,19 +213,34 @@ mod tests {
             .dashboard_stats(since, base - 10_000)
             .await
             .expect("stats");
-        let mut by_state = st.by_state.clone();
-        by_state.sort();
         assert_eq!(
-            by_state,
-            vec![(ProcState::Queued, 53), (ProcState::Killed, 1)]
+            st.unfinished,
+            vec![(ProcState::Queued, 43)],
+            "every queued one"
+        );
+        let mut window = st.window.clone();
+        window.sort();
+        assert_eq!(
+            window,
+            vec![
+                (0, ProcState::Queued, 1),
+                (0, ProcState::Killed, 1),
+                (1, ProcState::Queued, 1),
+                (60, ProcState::Queued, 1),
+            ],
+            "the window only: the ten old kills are not read"
         );
         assert_eq!((st.hosts_up, st.hosts_total), (1, 2));
-        assert_eq!(st.per_minute, vec![(0, 2), (1, 1), (60, 1)]);
         // Nothing recent: no window rows at all.
         let later = s.dashboard_stats(base + hour, 0).await.expect("stats");
-        assert!(later.per_minute.is_empty());
+        assert!(later.window.is_empty());
         // Everything recent: the whole table.
         let all = s.dashboard_stats(0, 0).await.expect("stats");
-        assert_eq!(all.per_minute.iter().map(|(_, n)| n).sum::<i64>(), 54);
+        assert_eq!(all.window.iter().map(|(_, _, n)| n).sum::<i64>(), 54);
+    }
+
+    async fn kill(s: &Store, id: i64, at: i64) {
+        let c = Change::to(ProcState::Killed, None, at);
+        assert!(s.transition(id, ProcState::Queued, &c).await.expect("kill"));
     }
 }
