@@ -75,6 +75,15 @@ impl Cluster {
     /// A master (with `token` as its one API token, or none) and a worker,
     /// once the worker is registered and up.
     fn start(token: Option<&'static str>) -> Cluster {
+        Self::start_with(token, true)
+    }
+
+    /// A master alone: what is submitted stays `queued`.
+    fn without_worker() -> Cluster {
+        Self::start_with(None, false)
+    }
+
+    fn start_with(token: Option<&'static str>, with_worker: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("master");
         let tokens = token.map_or(String::new(), |t| format!("api_tokens = [\"{t}\"]"));
@@ -100,22 +109,27 @@ impl Cluster {
         let url = format!("http://{addr}");
         let work_root = dir.path().join("work");
         std::fs::create_dir(&work_root).expect("work root");
-        let mut cmd = clean(&bin("dadd-worker"));
-        cmd.args(["--bind", "127.0.0.1:0", "--master", &url])
-            .args(["--log-format", "json", "--max-procs", "4"])
-            .arg("--work-root")
-            .arg(&work_root)
-            .arg("--runner")
-            .arg(bin("dadd-runner"))
-            .env("DADD_WORKER_CLUSTER_SECRET", CLUSTER_SECRET)
-            .env("DADD_WORKER_HEARTBEAT_INTERVAL_SECS", "0.25")
-            .env("DADD_RUNNER_GRACE_PERIOD", "3");
-        let (worker, worker_addr) = start_daemon(
-            "dadd-worker",
-            cmd,
-            &dir.path().join("worker.log"),
-            "worker listening",
-        );
+        let (worker, worker_addr) = if with_worker {
+            let mut cmd = clean(&bin("dadd-worker"));
+            cmd.args(["--bind", "127.0.0.1:0", "--master", &url])
+                .args(["--log-format", "json", "--max-procs", "4"])
+                .arg("--work-root")
+                .arg(&work_root)
+                .arg("--runner")
+                .arg(bin("dadd-runner"))
+                .env("DADD_WORKER_CLUSTER_SECRET", CLUSTER_SECRET)
+                .env("DADD_WORKER_HEARTBEAT_INTERVAL_SECS", "0.25")
+                .env("DADD_RUNNER_GRACE_PERIOD", "3");
+            let (w, addr) = start_daemon(
+                "dadd-worker",
+                cmd,
+                &dir.path().join("worker.log"),
+                "worker listening",
+            );
+            (Some(w), addr)
+        } else {
+            (None, String::new())
+        };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
@@ -124,12 +138,18 @@ impl Cluster {
         let cluster = Cluster {
             dir,
             master: Some(master),
-            worker: Some(worker),
+            worker,
             url,
             worker_addr,
             token,
             agent,
         };
+        if !with_worker {
+            wait_for("the master to answer", DEADLINE, || {
+                cluster.get_json::<Value>("/api/health").map(|_| ())
+            });
+            return cluster;
+        }
         wait_for("the worker to be up at the master", DEADLINE, || {
             let hosts: Vec<HostInfo> = cluster.get_json("/api/hosts")?;
             hosts
@@ -576,4 +596,68 @@ fn with_api_tokens_the_page_asks_for_one_once() {
     let log = std::fs::read_to_string(c.dir.path().join("master.log")).expect("master log");
     assert!(log.contains("/api/procs"), "the master logs requests");
     assert!(!log.contains(API_TOKEN), "no token in any logged URL");
+}
+
+#[test]
+fn the_list_pages_by_the_api_cursor() {
+    // No worker: everything stays queued, so 60 processes cost nothing.
+    let c = Cluster::without_worker();
+    let ids: Vec<i64> = (0..60)
+        .map(|i| c.submit(&json!({"cmd": ["echo", format!("number {i}")]})))
+        .collect();
+    run(async {
+        let b = Browser::start().await;
+        b.goto(&c.url("/")).await;
+        let rows = "#procs tr";
+        let count = || async {
+            let n = b
+                .js("return document.querySelectorAll('#procs tr').length;")
+                .await;
+            n.as_u64().unwrap_or(0)
+        };
+        wait_text(&b, "the first page", "#procs-status", |t| {
+            t.starts_with("Showing 50")
+        })
+        .await;
+        assert_eq!(count().await, 50);
+        let first = b.text(rows).await.unwrap_or_default();
+        assert!(
+            first.starts_with(&ids[59].to_string()),
+            "newest first: {first}"
+        );
+        wait_text(&b, "the summary", "#live-counts", |t| {
+            t.contains("queued\n60") || t.contains("queued 60")
+        })
+        .await;
+        b.screenshot("processes-queued").await;
+        b.click("#older").await;
+        wait_text(&b, "the second page", "#procs-status", |t| {
+            t.starts_with("Showing 10")
+        })
+        .await;
+        assert_eq!(count().await, 10);
+        let first = b.text(rows).await.unwrap_or_default();
+        assert!(
+            first.starts_with(&ids[9].to_string()),
+            "the older ten: {first}"
+        );
+        assert_eq!(b.text("#page-no").await.as_deref(), Some("Page 2"));
+        let older = b.client.find(Locator::Css("#older")).await.expect("older");
+        assert!(
+            !older.is_enabled().await.expect("enabled?"),
+            "no page after the last"
+        );
+        b.click("#newer").await;
+        wait_text(&b, "the first page again", "#procs-status", |t| {
+            t.starts_with("Showing 50")
+        })
+        .await;
+        // A queued process is killed at once from its page.
+        b.goto(&c.url(&format!("/ui/procs/{}", ids[0]))).await;
+        wait_text(&b, "the state", "#proc-state", |t| t == "queued").await;
+        b.click("#kill").await;
+        b.client.accept_alert().await.expect("confirm");
+        wait_text(&b, "killed", "#proc-state", |t| t == "killed").await;
+    });
+    assert_eq!(c.proc(ids[0]).summary.state, ProcState::Killed);
 }
