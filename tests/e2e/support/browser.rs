@@ -44,7 +44,7 @@ const CHROMIUM_ARGS: &[&str] = &[
 /// The first of `candidates` that is a file, else `name` found on `PATH`.
 fn find(env: &str, candidates: &[&str], name: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
-        return Some(PathBuf::from(p));
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     candidates
         .iter()
