@@ -135,15 +135,15 @@ pub fn random_hex(n: usize) -> String {
 }
 
 /// The environment every daemon gets: no inherited `DADD_…` settings,
-/// and logs at `info` (the tests read the "listening" line).
-fn clean_command(program: &Path) -> Command {
+/// and `RUST_LOG` as given (the tests read the "listening" lines).
+fn clean_command(program: &Path, rust_log: &str) -> Command {
     let mut cmd = Command::new(program);
     for (k, _) in std::env::vars_os() {
         if k.to_str().is_some_and(|k| k.starts_with("DADD_")) {
             cmd.env_remove(k);
         }
     }
-    cmd.env("RUST_LOG", "info").stdin(Stdio::null());
+    cmd.env("RUST_LOG", rust_log).stdin(Stdio::null());
     cmd
 }
 
@@ -357,6 +357,10 @@ pub struct Options {
     pub host_ttl_secs: f64,
     /// Runners each worker may run at once.
     pub max_procs: u32,
+    /// More master settings (TOML sections the base config lacks, like `[store]`).
+    pub master_toml: String,
+    /// `RUST_LOG` of the daemons; it must let the "listening" lines through.
+    pub rust_log: String,
 }
 
 impl Default for Options {
@@ -365,6 +369,8 @@ impl Default for Options {
             workers: 2,
             host_ttl_secs: 5.0,
             max_procs: 8,
+            master_toml: String::new(),
+            rust_log: "info".to_owned(),
         }
     }
 }
@@ -377,6 +383,7 @@ pub struct Master {
     config: PathBuf,
     dir: PathBuf,
     starts: usize,
+    rust_log: String,
 }
 
 impl Master {
@@ -408,10 +415,13 @@ missed_heartbeats = 2
 webhook_url = "{webhook}"
 webhook_backoff_secs = 0.2
 webhook_timeout_secs = 5.0
+
+{extra}
 "#,
             state = state.display(),
             db = db.url,
             ttl = opts.host_ttl_secs,
+            extra = opts.master_toml,
         );
         std::fs::write(&config, toml).expect("write master.toml");
         Self {
@@ -420,6 +430,7 @@ webhook_timeout_secs = 5.0
             config,
             dir: dir.to_path_buf(),
             starts: 0,
+            rust_log: opts.rust_log.clone(),
         }
     }
 
@@ -429,7 +440,7 @@ webhook_timeout_secs = 5.0
         self.starts += 1;
         let log = self.dir.join(format!("master-{}.log", self.starts));
         let (out, err) = log_files(&log);
-        let mut cmd = clean_command(&bin("dadd-master"));
+        let mut cmd = clean_command(&bin("dadd-master"), &self.rust_log);
         cmd.arg("--config").arg(&self.config);
         if let Some(addr) = self.addr {
             cmd.arg("--bind").arg(addr.to_string());
@@ -456,6 +467,11 @@ webhook_timeout_secs = 5.0
     /// Its base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr.expect("the master has started"))
+    }
+
+    /// Its pid (0 while stopped).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, ChildGuard::pid)
     }
 
     /// A client with the API token.
@@ -487,10 +503,11 @@ pub struct Worker {
     dir: PathBuf,
     max_procs: u32,
     starts: usize,
+    rust_log: String,
 }
 
 impl Worker {
-    fn new(name: &str, dir: &Path, master: &str, max_procs: u32) -> Self {
+    fn new(name: &str, dir: &Path, master: &str, max_procs: u32, rust_log: &str) -> Self {
         let work_root = dir.join(format!("{name}-work"));
         std::fs::create_dir_all(&work_root).expect("work root");
         Self {
@@ -502,6 +519,7 @@ impl Worker {
             dir: dir.to_path_buf(),
             max_procs,
             starts: 0,
+            rust_log: rust_log.to_owned(),
         }
     }
 
@@ -519,7 +537,7 @@ impl Worker {
         let bind = self
             .addr
             .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
-        let mut cmd = clean_command(&bin("dadd-worker"));
+        let mut cmd = clean_command(&bin("dadd-worker"), &self.rust_log);
         cmd.args([
             "--bind",
             &bind,
@@ -569,6 +587,11 @@ impl Worker {
         let mut child = self.child.take().expect("the worker is running");
         child.signal(Signal::SIGKILL);
         child.wait(Duration::from_secs(10));
+    }
+
+    /// Its pid (0 while stopped).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, ChildGuard::pid)
     }
 
     /// Whether its daemon is running.
@@ -690,7 +713,13 @@ impl Cluster {
     /// Adds and starts a worker (not waiting for its registration).
     pub fn add_worker(&mut self, max_procs: u32) -> usize {
         let name = format!("w{}", self.workers.len() + 1);
-        let mut w = Worker::new(&name, self.dir.path(), &self.master.url(), max_procs);
+        let mut w = Worker::new(
+            &name,
+            self.dir.path(),
+            &self.master.url(),
+            max_procs,
+            &self.master.rust_log,
+        );
         w.start();
         self.workers.push(w);
         self.workers.len() - 1
@@ -742,7 +771,7 @@ impl Cluster {
 
     /// `dadd` with `--master` and `--token` for this cluster.
     pub fn dadd(&self) -> Command {
-        let mut cmd = clean_command(&bin("dadd"));
+        let mut cmd = clean_command(&bin("dadd"), "warn");
         cmd.args(["--master", &self.master.url(), "--token", API_TOKEN]);
         cmd
     }
