@@ -31,31 +31,13 @@ fn profile_dir() -> PathBuf {
 
 fn build() -> PathBuf {
     let dir = profile_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    // Without the variables `cargo test` sets for this package: build
-    // scripts watch some of them and would rebuild half the tree.
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_BIN_")
-            || key.starts_with("CARGO_MANIFEST_")
-            || matches!(
-                key,
-                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
-            )
-        {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(["build", "--workspace", "--bins"]);
+    let mut args = vec!["build", "--workspace", "--bins"];
     if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
+        args.push("--release");
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ is inside the workspace");
-    let status = cmd.current_dir(workspace).status().expect("cargo runs");
-    assert!(status.success(), "cargo build --workspace --bins failed");
+    dadd_tests::cargo(workspace, &args);
     dir
 }

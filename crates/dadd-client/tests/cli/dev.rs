@@ -9,32 +9,11 @@ use std::time::Duration;
 pub(crate) fn build_bins(packages: &[&str]) -> PathBuf {
     let dadd = PathBuf::from(env!("CARGO_BIN_EXE_dadd"));
     let dir = dadd.parent().expect("a target dir").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    // Without the variables `cargo test` sets for this package: build
-    // scripts watch some of them, and would rebuild half the tree.
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_BIN_")
-            || key.starts_with("CARGO_MANIFEST_")
-            || matches!(
-                key,
-                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
-            )
-        {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.arg("build").arg("--bins");
+    let mut args = vec!["build", "--bins"];
     for p in packages {
-        cmd.arg("-p").arg(p);
+        args.extend(["-p", p]);
     }
-    let status = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build of {packages:?} failed");
+    dadd_tests::cargo(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &args);
     dir
 }
 

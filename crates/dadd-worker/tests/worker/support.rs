@@ -471,29 +471,10 @@ pub(crate) fn real_runner() -> PathBuf {
 fn build_real_runner() -> PathBuf {
     let worker = PathBuf::from(env!("CARGO_BIN_EXE_dadd-worker"));
     let dir = worker.parent().expect("a target dir").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    // Without the variables `cargo test` sets for this package: build
-    // scripts watch some of them, and would rebuild half the tree.
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_BIN_")
-            || key.starts_with("CARGO_MANIFEST_")
-            || matches!(
-                key,
-                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
-            )
-        {
-            cmd.env_remove(key);
-        }
-    }
-    let status = cmd
-        .args(["build", "--bins", "-p", "dadd-runner"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build -p dadd-runner failed");
+    dadd_tests::cargo(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["build", "--bins", "-p", "dadd-runner"],
+    );
     let runner = dir.join("dadd-runner");
     assert!(runner.is_file(), "no {}", runner.display());
     runner
