@@ -34,3 +34,31 @@ pub fn cargo(dir: &Path, args: &[&str]) {
         .unwrap_or_else(|e| panic!("cannot run cargo {args:?}: {e}"));
     assert!(status.success(), "cargo {args:?} failed");
 }
+
+/// A shell stand-in for `dadd-runner`, for suites that test the worker
+/// without the real runner: the contract of `dadd-runner --working-dir DIR
+/// --envelope FILE` (daemonizes into its own session, writes `pid` and a
+/// `state.json` with its start ticks, prints `RunStarted`, runs `sleep 300`
+/// in its group, reports `killed` in `state.json` on SIGTERM).
+pub const STAND_IN_RUNNER: &str = r#"#!/bin/sh
+dir="$2"
+id=$(sed -n 's/^ *"process_id": *\([0-9-]*\).*/\1/p' "$4")
+setsid sh -c '
+dir="$1"; id="$2"
+now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+ticks=$(sed "s/.*) //" /proc/$$/stat | cut -d" " -f20)
+sleep 300 &
+cmd=$!
+put_state() {
+  printf "{\"process_id\": %s, \"state\": \"%s\", \"runner_pid\": %s, \"runner_start_ticks\": %s, \"command_pid\": %s, \"started_at\": \"%s\", \"updated_at\": \"%s\", \"delivery\": \"pending\"}" "$id" "$1" "$$" "$ticks" "$cmd" "$now" "$now" > "$dir/state.json.partial"
+  mv "$dir/state.json.partial" "$dir/state.json"
+}
+put_state running
+trap "kill $cmd; put_state killed; exit 0" TERM
+echo $$ > "$dir/pid"
+wait
+' sh "$dir" "$id" </dev/null >/dev/null 2>&1 &
+i=0
+while [ ! -s "$dir/pid" ]; do sleep 0.02; i=$((i+1)); [ $i -gt 500 ] && exit 1; done
+printf '{"pid": %s, "directory": "%s"}\n' "$(cat "$dir/pid")" "$dir"
+"#;

@@ -14,32 +14,6 @@ use nix::unistd::Pid;
 
 pub(crate) const SECRET: &str = "cluster-secret-for-tests";
 
-/// The stand-in runner: daemonizes into its own session, writes `pid` and
-/// `state.json` (with its start ticks), prints `RunStarted`, sleeps; on
-/// SIGTERM it records `killed` and exits.
-const STAND_IN_RUNNER: &str = r#"#!/bin/sh
-dir="$2"
-id=$(sed -n 's/^ *"process_id": *\([0-9-]*\).*/\1/p' "$4")
-setsid sh -c '
-dir="$1"; id="$2"
-now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-ticks=$(sed "s/.*) //" /proc/$$/stat | cut -d" " -f20)
-sleep 300 &
-cmd=$!
-put_state() {
-  printf "{\"process_id\": %s, \"state\": \"%s\", \"runner_pid\": %s, \"runner_start_ticks\": %s, \"command_pid\": %s, \"started_at\": \"%s\", \"updated_at\": \"%s\", \"delivery\": \"pending\"}" "$id" "$1" "$$" "$ticks" "$cmd" "$now" "$now" > "$dir/state.json.partial"
-  mv "$dir/state.json.partial" "$dir/state.json"
-}
-put_state running
-trap "kill $cmd; put_state killed; exit 0" TERM
-echo $$ > "$dir/pid"
-wait
-' sh "$dir" "$id" </dev/null >/dev/null 2>&1 &
-i=0
-while [ ! -s "$dir/pid" ]; do sleep 0.02; i=$((i+1)); [ $i -gt 500 ] && exit 1; done
-printf '{"pid": %s, "directory": "%s"}\n' "$(cat "$dir/pid")" "$dir"
-"#;
-
 /// A master and a worker, stopped (and every runner killed) at the end.
 pub(crate) struct Cluster {
     pub(crate) dir: tempfile::TempDir,
@@ -57,7 +31,7 @@ impl Cluster {
         let runner = dir.path().join("stand-in-runner");
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::write(&runner, STAND_IN_RUNNER).expect("write runner");
+            std::fs::write(&runner, dadd_tests::STAND_IN_RUNNER).expect("write runner");
             std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
         }

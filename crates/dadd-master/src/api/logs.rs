@@ -103,11 +103,7 @@ pub(super) async fn upload(
 pub(super) async fn read(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     st.auth.user(&req)?;
     let id = proc_id(&req)?;
-    let row = st
-        .store
-        .get_proc(id)
-        .await?
-        .ok_or_else(|| ApiError::no_proc(id))?;
+    let row = super::load_proc(&st.store, id).await?;
     let q = query(&req);
     let offset: u64 = match q.get("offset") {
         Some(o) => o

@@ -201,6 +201,17 @@ pub fn proc_id(req: &HttpRequest) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no process {raw:?}: process ids are integers")))
 }
 
+/// The process `id`, or a 404 naming it.
+pub async fn load_proc(
+    store: &crate::store::Store,
+    id: i64,
+) -> Result<crate::store::ProcRow, ApiError> {
+    store
+        .get_proc(id)
+        .await?
+        .ok_or_else(|| ApiError::no_proc(id))
+}
+
 /// The state behind the request (set by the server).
 pub fn shared(state: &State) -> Arc<Shared> {
     state.clone().into_inner()

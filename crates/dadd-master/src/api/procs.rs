@@ -109,11 +109,7 @@ pub(super) async fn list(st: State, req: HttpRequest) -> Result<HttpResponse, Ap
 pub(super) async fn show(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     st.auth.user(&req)?;
     let id = proc_id(&req)?;
-    let row = st
-        .store
-        .get_proc(id)
-        .await?
-        .ok_or_else(|| ApiError::no_proc(id))?;
+    let row = super::load_proc(&st.store, id).await?;
     let history = st.store.history(id).await?;
     let detail = ProcDetail {
         summary: summary(&row),
@@ -140,11 +136,7 @@ pub(super) async fn kill(st: State, req: HttpRequest) -> Result<HttpResponse, Ap
     st.auth.user(&req)?;
     let id = proc_id(&req)?;
     for _ in 0..8 {
-        let row = st
-            .store
-            .get_proc(id)
-            .await?
-            .ok_or_else(|| ApiError::no_proc(id))?;
+        let row = super::load_proc(&st.store, id).await?;
         if row.state.is_final() {
             return Err(ApiError::BadTransition {
                 error: format!("process {id} is already {}", row.state),
@@ -154,11 +146,7 @@ pub(super) async fn kill(st: State, req: HttpRequest) -> Result<HttpResponse, Ap
         if row.state == ProcState::Queued {
             let c = Change::to(ProcState::Killed, Some("killed before placement"), st.now());
             if st.change_from(id, ProcState::Queued, &c).await? {
-                let row = st
-                    .store
-                    .get_proc(id)
-                    .await?
-                    .ok_or_else(|| ApiError::no_proc(id))?;
+                let row = super::load_proc(&st.store, id).await?;
                 return Ok(json(StatusCode::OK, &summary(&row)));
             }
             continue; // placed meanwhile: stop it through its worker
