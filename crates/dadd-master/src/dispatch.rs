@@ -181,6 +181,7 @@ async fn place(
 ) {
     let spec = serde_json::from_str(&q.spec).unwrap_or(serde_json::Value::Null);
     let envelope = RunEnvelope {
+        fallback_urls: Vec::new(),
         process_id: q.id,
         token,
         master_url: shared.public_url.clone(),

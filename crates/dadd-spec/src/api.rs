@@ -209,6 +209,10 @@ pub struct RunEnvelope {
     pub token: String,
     /// Where the runner reports.
     pub master_url: String,
+    /// Other masters sharing the same store, tried in order when
+    /// `master_url` does not answer (the worker adds its own master list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_urls: Vec<String>,
     /// The spec as submitted.
     pub spec: Value,
 }

@@ -270,6 +270,7 @@ mod tests {
 
     fn envelope(id: i64) -> RunEnvelope {
         RunEnvelope {
+            fallback_urls: Vec::new(),
             process_id: id,
             token: "tok".into(),
             master_url: "http://127.0.0.1:5000".into(),

@@ -279,6 +279,7 @@ impl Drop for Sandbox {
 
 pub(crate) fn envelope(id: i64, master: &str, spec: serde_json::Value) -> RunEnvelope {
     RunEnvelope {
+        fallback_urls: Vec::new(),
         process_id: id,
         token: format!("token-of-{id}"),
         master_url: master.to_owned(),
