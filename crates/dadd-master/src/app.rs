@@ -89,23 +89,28 @@ impl Shared {
         from: ProcState,
         change: &Change,
     ) -> Result<bool, StoreError> {
+        let notice = self.notifier.enabled() && self.worth_a_notice(change.to);
+        let change = &Change {
+            notice,
+            ..change.clone()
+        };
         if !self.store.transition(id, from, change).await? {
             return Ok(false);
         }
         tracing::info!(proc = id, from = %from, to = %change.to, reason = change.reason.as_deref().unwrap_or(""), "state change");
-        self.after_change(id, change.to);
+        if change.to.is_final() {
+            self.wake.notify_one();
+        }
+        if notice {
+            self.notifier.wake();
+        }
         Ok(true)
     }
 
-    fn after_change(&self, id: i64, to: ProcState) {
-        if to.is_final() {
-            self.wake.notify_one();
-        }
-        let notify = matches!(to, ProcState::Failed | ProcState::Lost)
-            || (to == ProcState::Killed && self.cfg.notify.on_killed);
-        if notify {
-            self.notifier.send(id, to);
-        }
+    /// Whether entering `to` calls for a notification.
+    fn worth_a_notice(&self, to: ProcState) -> bool {
+        matches!(to, ProcState::Failed | ProcState::Lost)
+            || (to == ProcState::Killed && self.cfg.notify.on_killed)
     }
 
     /// The change's time, now.

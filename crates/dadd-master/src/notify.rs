@@ -35,6 +35,14 @@ impl Notifier {
         }
     }
 
+    /// Whether notifications are configured.
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Wakes the delivery task: a notice was written to the outbox.
+    pub fn wake(&self) {}
+
     /// Queues a notice for a process that just entered `state`.
     pub fn send(&self, id: i64, state: ProcState) {
         if let Some(tx) = &self.tx {

@@ -90,10 +90,16 @@ impl From<sqlx::Error> for StoreError {
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Embedded migrations: (version, SQL) per backend.
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_several_masters.sql")),
+    (3, include_str!("../migrations/sqlite/0003_notices.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../migrations/postgres/0002_several_masters.sql")),
+    (3, include_str!("../migrations/postgres/0003_notices.sql")),
+];
 
 /// States of a process placed on a host and not over yet.
 const UNFINISHED: &str = "('init','setup','running')";
@@ -279,6 +285,8 @@ pub struct Change {
     pub reason: Option<String>,
     /// When, ms.
     pub at: i64,
+    /// Queue a notification (a row in the outbox, in the same transaction).
+    pub notice: bool,
 }
 
 impl Change {
@@ -291,6 +299,7 @@ impl Change {
             signal: None,
             reason: reason.map(str::to_owned),
             at,
+            notice: false,
         }
     }
 }
@@ -359,8 +368,8 @@ pub struct ListFilter {
 /// The store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    read: AnyPool,
-    write: AnyPool,
+    pub(crate) read: AnyPool,
+    pub(crate) write: AnyPool,
     backend: Backend,
 }
 
@@ -631,6 +640,18 @@ impl Store {
             .bind(c.reason.as_deref())
             .execute(&mut *tx)
             .await?;
+        if c.notice {
+            // Once per state change: the update above is conditional, so
+            // only one master (one request) gets here for it.
+            sqlx::query(
+                "INSERT INTO notices (proc_id, state, created_at, due_at) VALUES ($1, $2, $3, $3)",
+            )
+            .bind(id)
+            .bind(c.to.as_str())
+            .bind(c.at)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -1336,17 +1357,36 @@ async fn sqlite_pool(url: &str, max: u32, acquire: Duration, sync: SqliteSync) -
 }
 
 /// Splits a migration into statements (they hold no `;` inside).
+/// Splits a migration into statements at `;`, except inside `$$` bodies
+/// (Postgres functions); whole-line `--` comments go.
 fn split_sql(sql: &str) -> Vec<String> {
     let cleaned: String = sql
         .lines()
         .filter(|l| !l.trim_start().starts_with("--"))
         .collect::<Vec<_>>()
         .join("\n");
-    cleaned
-        .split(';')
-        .map(str::trim)
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for (i, part) in cleaned.split("$$").enumerate() {
+        if i % 2 == 1 {
+            // Inside a dollar-quoted body: kept whole.
+            current.push_str("$$");
+            current.push_str(part);
+            current.push_str("$$");
+            continue;
+        }
+        let mut pieces = part.split(';').peekable();
+        while let Some(piece) = pieces.next() {
+            current.push_str(piece);
+            if pieces.peek().is_some() {
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out.push(current);
+    out.into_iter()
+        .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-        .map(str::to_owned)
         .collect()
 }
 

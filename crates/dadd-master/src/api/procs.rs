@@ -284,6 +284,7 @@ async fn apply(st: &State, id: i64, r: StateReport) -> Result<HttpResponse, ApiE
         signal: r.signal.map(i64::from),
         reason: r.reason,
         at: st.now(),
+        notice: false,
     };
     match st.change(id, change).await? {
         Outcome::Applied(row) | Outcome::Repeat(row) => Ok(json(StatusCode::OK, &summary(&row))),
