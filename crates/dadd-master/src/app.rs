@@ -57,6 +57,15 @@ impl Shared {
         secs(self.cfg.liveness.host_ttl_secs).as_millis() as i64
     }
 
+    /// A dispatch claim's lease in milliseconds (at least the time a worker
+    /// has to answer, so a live master's call is rarely overtaken; when it
+    /// is, the worker answers both with the same runner).
+    pub fn lease_ms(&self) -> i64 {
+        let d = &self.cfg.dispatch;
+        let lease = secs(d.lease_secs).max(secs(d.worker_timeout_secs));
+        lease.as_millis().max(100) as i64
+    }
+
     /// Moves a process to a new state if the state machine allows it,
     /// recording history and waking whoever must know.
     pub async fn change(&self, id: i64, change: Change) -> Result<Outcome, StoreError> {

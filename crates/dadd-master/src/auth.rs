@@ -99,16 +99,20 @@ impl Auth {
     }
 
     /// A process's report or log route: that process's token, or an API token.
-    pub fn process(&self, req: &HttpRequest, token_hash: Option<&str>) -> Result<(), ApiError> {
+    /// `token_hashes`: every hash good for that process (see
+    /// [`crate::store::ProcRow::token_hashes`]).
+    pub fn process(&self, req: &HttpRequest, token_hashes: &[&str]) -> Result<(), ApiError> {
         if self.open() {
             return Ok(());
         }
         let Some(t) = bearer(req) else {
             return Err(missing());
         };
-        let own = token_hash
-            .and_then(|h| hex::decode(h).ok())
-            .is_some_and(|h| ct_eq(&h, &digest(t)));
+        let presented = digest(t);
+        let own = token_hashes
+            .iter()
+            .filter_map(|h| hex::decode(h).ok())
+            .any(|h| ct_eq(&h, &presented));
         if own || self.is_api_token(t) {
             Ok(())
         } else {
@@ -172,8 +176,11 @@ mod tests {
         let req = TestRequest::default()
             .insert_header(("Authorization", format!("Bearer {tok}")))
             .to_http_request();
-        assert!(a.process(&req, Some(&hash)).is_ok());
-        assert!(a.process(&req, Some(&digest_hex("other"))).is_err());
+        let other = digest_hex("other");
+        assert!(a.process(&req, &[&hash]).is_ok());
+        assert!(a.process(&req, &[&other, &hash]).is_ok(), "any of them");
+        assert!(a.process(&req, &[&other]).is_err());
+        assert!(a.process(&req, &[]).is_err());
         assert!(a.user(&req).is_err(), "a process token is not an API token");
     }
 }

@@ -204,6 +204,11 @@ pub struct DispatchConfig {
     pub worker_timeout_secs: f64,
     /// After a failed call, a host is skipped for this long, seconds. Default 2.
     pub host_backoff_secs: f64,
+    /// A claim's lease, seconds: a process still `init` this long after its
+    /// master claimed it (that master died, or its worker gave no answer) is
+    /// sent again to the same worker by any master. At least
+    /// `worker_timeout_secs` is used. Default 30.
+    pub lease_secs: f64,
 }
 
 impl Default for DispatchConfig {
@@ -214,6 +219,7 @@ impl Default for DispatchConfig {
             tick_secs: 5.0,
             worker_timeout_secs: 10.0,
             host_backoff_secs: 2.0,
+            lease_secs: 30.0,
         }
     }
 }

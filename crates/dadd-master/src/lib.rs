@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod store;
+pub mod wakeup;
 pub mod workers;
 
 pub use config::{Cli, Config, LogFormat};

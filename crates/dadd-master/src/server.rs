@@ -178,6 +178,13 @@ pub async fn start(cfg: Config) -> Result<MasterHandle, StartError> {
             stop_rx.clone(),
         )),
     ];
+    if shared.store.backend() == crate::store::Backend::Postgres {
+        tasks.push(actix_rt::spawn(crate::wakeup::run(
+            Arc::clone(&shared),
+            shared.cfg.database_url(),
+            stop_rx.clone(),
+        )));
+    }
     if let Some(rx) = notices {
         tasks.push(actix_rt::spawn(crate::notify::run(
             Arc::clone(&shared),

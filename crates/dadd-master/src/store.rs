@@ -12,6 +12,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dadd_spec::ProcState;
@@ -72,6 +73,22 @@ pub enum StoreError {
     /// A row holds something this build cannot read.
     #[error("the store holds an unreadable value: {0}")]
     Corrupt(String),
+    /// Another master holds the SQLite file.
+    #[error("another dadd-master{holder} is using the SQLite store {path}: SQLite serves one master; stop that one, or run several masters on Postgres (database_url = \"postgres://USER@HOST/DB\")")]
+    Locked {
+        /// The database file.
+        path: String,
+        /// " (pid N)" when the lock file names it.
+        holder: String,
+    },
+    /// The lock file beside the SQLite file cannot be opened.
+    #[error("cannot open the lock file {path}: {source}")]
+    LockFile {
+        /// The lock file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -106,7 +123,7 @@ const UNFINISHED: &str = "('init','setup','running')";
 
 /// Columns of a process row, without the spec.
 const SUMMARY_COLS: &str = "id, state, cmd, host_id, host, pid, exit_code, signal, reason, \
-     created_at, started_at, ended_at, updated_at, token_hash, log_size";
+     created_at, started_at, ended_at, updated_at, token_hash, token_hash_next, log_size";
 
 /// Columns of a listed process, in the order of [`Listed`].
 const LIST_COLS: &str = "id, state, cmd, host_id, host, pid, exit_code, signal, reason, \
@@ -155,6 +172,9 @@ pub struct ProcRow {
     pub updated_at: i64,
     /// SHA-256 (hex) of the per-process token (none in lists).
     pub token_hash: Option<String>,
+    /// More accepted token hashes (space-separated), minted when a claim
+    /// was taken over (see [`Store::renew_claim`]); none in lists.
+    pub token_hash_next: Option<String>,
     /// Log bytes received (the runner's offsets).
     pub log_size: i64,
 }
@@ -213,6 +233,7 @@ impl Listed {
             ended_at,
             updated_at,
             token_hash: None,
+            token_hash_next: None,
             log_size,
         }
     }
@@ -252,6 +273,18 @@ pub struct HostRow {
     pub registered_at: i64,
     /// Unfinished processes placed on it.
     pub busy: i64,
+}
+
+impl ProcRow {
+    /// Every token hash good for this process's reports.
+    pub fn token_hashes(&self) -> Vec<&str> {
+        let next = self.token_hash_next.as_deref().unwrap_or_default();
+        self.token_hash
+            .as_deref()
+            .into_iter()
+            .chain(next.split(' ').filter(|h| !h.is_empty()))
+            .collect()
+    }
 }
 
 impl HostRow {
@@ -326,6 +359,162 @@ pub struct Claim {
     pub host: String,
     /// SHA-256 (hex) of the freshly minted token.
     pub token_hash: String,
+    /// Until when the claim is this master's, ms: past it, a process still
+    /// `init` is sent again by any master.
+    pub lease_until: i64,
+}
+
+/// A claim whose lease ran out with its process still `init`.
+#[derive(Debug, Clone)]
+pub struct ExpiredClaim {
+    /// The process.
+    pub proc: QueuedProc,
+    /// The host it was claimed for.
+    pub host_id: Option<i64>,
+}
+
+/// The advisory lock key of dispatch rounds ("dadd" + 1).
+const DISPATCH_LOCK: i64 = 0x6461_6464_0000_0001;
+/// The advisory lock key of retention passes.
+const RETENTION_LOCK: i64 = 0x6461_6464_0000_0002;
+
+fn live_hosts_sql() -> String {
+    format!(
+        "SELECT h.id, h.host, h.port, h.scheme, h.max_procs, h.version, h.status, h.last_heartbeat, h.registered_at, \
+         (SELECT COUNT(*) FROM processes p WHERE p.host_id = h.id AND p.state IN {UNFINISHED}) AS busy \
+         FROM hosts h WHERE h.status = 'up' AND h.last_heartbeat >= $1 ORDER BY h.id"
+    )
+}
+
+/// One dispatch round's transaction (see [`Store::dispatch_round`]).
+#[derive(Debug)]
+pub struct DispatchRound {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+}
+
+impl DispatchRound {
+    /// Live hosts with their load, as of this round.
+    pub async fn live_hosts(&mut self, cutoff: i64) -> Result<Vec<HostRow>> {
+        let rows = sqlx::query(&live_hosts_sql())
+            .bind(cutoff)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(host_row).collect()
+    }
+
+    /// The oldest queued processes, locked for this round on Postgres
+    /// (`FOR UPDATE SKIP LOCKED`: rows another transaction holds, such as
+    /// a kill in progress, are left for a later round).
+    pub async fn queued(&mut self, limit: i64) -> Result<Vec<QueuedProc>> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT id, spec, created_at FROM processes WHERE state = 'queued' \
+                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            }
+            Backend::Sqlite => {
+                "SELECT id, spec, created_at FROM processes WHERE state = 'queued' ORDER BY id LIMIT $1"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedProc {
+                    id: r.try_get(0)?,
+                    spec: r.try_get(1)?,
+                    created_at: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks processes `init` on their hosts; returns the ids actually
+    /// claimed (each update is conditional on `queued`, so a process killed
+    /// meanwhile is skipped and none is placed twice).
+    pub async fn claim(&mut self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.backend {
+            Backend::Postgres => self.claim_set(claims, now).await,
+            Backend::Sqlite => self.claim_each(claims, now).await,
+        }
+    }
+
+    /// Ends the round: the claims are kept and the lock released.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Postgres: the whole batch in one statement (one round trip): the
+    /// claims travel as one JSON parameter (the `Any` driver binds no
+    /// arrays), the update and the history insert are one CTE.
+    async fn claim_set(&mut self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
+        let batch: Vec<serde_json::Value> = claims
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "proc_id": c.proc_id,
+                    "host_id": c.host_id,
+                    "host": c.host,
+                    "token_hash": c.token_hash,
+                    "lease_until": c.lease_until,
+                })
+            })
+            .collect();
+        let batch =
+            serde_json::to_string(&batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "WITH c AS (SELECT * FROM json_to_recordset($1::json) \
+                 AS c(proc_id BIGINT, host_id BIGINT, host TEXT, token_hash TEXT, lease_until BIGINT)), \
+             u AS (UPDATE processes p SET state = 'init', host_id = c.host_id, host = c.host, \
+                 token_hash = c.token_hash, token_hash_next = NULL, lease_until = c.lease_until, \
+                 updated_at = $2, missed_heartbeats = 0, reason = NULL \
+                 FROM c WHERE p.id = c.proc_id AND p.state = 'queued' RETURNING p.id), \
+             h AS (INSERT INTO history (proc_id, state, at) SELECT id, 'init', $2 FROM u) \
+             SELECT id FROM u ORDER BY id",
+        )
+        .bind(batch)
+        .bind(now)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// SQLite: statement by statement on the in-process write connection,
+    /// where a statement costs no round trip.
+    async fn claim_each(&mut self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
+        let mut done = Vec::with_capacity(claims.len());
+        for c in claims {
+            let n = sqlx::query(
+                "UPDATE processes SET state = 'init', host_id = $1, host = $2, token_hash = $3, \
+                 token_hash_next = NULL, lease_until = $4, updated_at = $5, missed_heartbeats = 0, \
+                 reason = NULL WHERE id = $6 AND state = 'queued'",
+            )
+            .bind(c.host_id)
+            .bind(&c.host)
+            .bind(&c.token_hash)
+            .bind(c.lease_until)
+            .bind(now)
+            .bind(c.proc_id)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                sqlx::query("INSERT INTO history (proc_id, state, at) VALUES ($1, 'init', $2)")
+                    .bind(c.proc_id)
+                    .bind(now)
+                    .execute(&mut *self.tx)
+                    .await?;
+                done.push(c.proc_id);
+            }
+        }
+        Ok(done)
+    }
 }
 
 /// What became of a log chunk.
@@ -371,6 +560,8 @@ pub struct Store {
     pub(crate) read: AnyPool,
     pub(crate) write: AnyPool,
     backend: Backend,
+    /// SQLite: the lock file held while this master runs (one master per file).
+    lock: Option<Arc<std::fs::File>>,
 }
 
 /// An argument of a query built at run time.
@@ -393,7 +584,9 @@ impl Store {
         let acquire = secs(cfg.acquire_timeout_secs).max(Duration::from_millis(100));
         let store = match backend {
             Backend::Sqlite => {
-                let url = sqlite_url(url)?;
+                let sqlite = sqlite_url(url)?; // makes the file's directory
+                let lock = lock_sqlite(url)?;
+                let url = sqlite;
                 let sync = cfg.sqlite_synchronous;
                 let write = sqlite_pool(&url, 1, acquire, sync).await?;
                 let read = sqlite_pool(&url, cfg.max_connections.max(1), acquire, sync).await?;
@@ -401,6 +594,7 @@ impl Store {
                     read,
                     write,
                     backend,
+                    lock,
                 }
             }
             Backend::Postgres => {
@@ -413,6 +607,7 @@ impl Store {
                     read: pool.clone(),
                     write: pool,
                     backend,
+                    lock: None,
                 }
             }
         };
@@ -425,10 +620,14 @@ impl Store {
         self.backend
     }
 
-    /// Closes the pools (at shutdown).
+    /// Closes the pools (at shutdown) and lets another master have the
+    /// SQLite file.
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+        if let Some(lock) = &self.lock {
+            let _ = lock.unlock();
+        }
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -510,6 +709,7 @@ impl Store {
             ended_at: None,
             updated_at: now,
             token_hash: None,
+            token_hash_next: None,
             log_size: 0,
         })
     }
@@ -660,118 +860,48 @@ impl Store {
 
     /// Hosts that are up and heartbeated since `cutoff`, with their load.
     pub async fn live_hosts(&self, cutoff: i64) -> Result<Vec<HostRow>> {
-        let sql = format!(
-            "SELECT h.id, h.host, h.port, h.scheme, h.max_procs, h.version, h.status, h.last_heartbeat, h.registered_at, \
-             (SELECT COUNT(*) FROM processes p WHERE p.host_id = h.id AND p.state IN {UNFINISHED}) AS busy \
-             FROM hosts h WHERE h.status = 'up' AND h.last_heartbeat >= $1 ORDER BY h.id"
-        );
-        let rows = sqlx::query(&sql).bind(cutoff).fetch_all(&self.read).await?;
+        let rows = sqlx::query(&live_hosts_sql())
+            .bind(cutoff)
+            .fetch_all(&self.read)
+            .await?;
         rows.iter().map(host_row).collect()
     }
 
-    /// The oldest queued processes.
-    pub async fn queued(&self, limit: i64) -> Result<Vec<QueuedProc>> {
-        let rows = sqlx::query(
-            "SELECT id, spec, created_at FROM processes WHERE state = 'queued' ORDER BY id LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(QueuedProc {
-                    id: r.try_get(0)?,
-                    spec: r.try_get(1)?,
-                    created_at: r.try_get(2)?,
-                })
-            })
-            .collect()
-    }
-
-    /// Marks processes `init` on their hosts, atomically; returns the ids
-    /// actually claimed (a process killed or claimed meanwhile is skipped:
-    /// each update is conditional on `queued`, so none is placed twice).
-    pub async fn claim(&self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
-        if claims.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self.backend {
-            Backend::Postgres => self.claim_set(claims, now).await,
-            Backend::Sqlite => self.claim_each(claims, now).await,
-        }
-    }
-
-    /// Postgres: the whole batch in one statement (one round trip): the
-    /// claims travel as one JSON parameter (the `Any` driver binds no
-    /// arrays), the update and the history insert are one CTE.
-    async fn claim_set(&self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
-        let batch: Vec<serde_json::Value> = claims
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "proc_id": c.proc_id,
-                    "host_id": c.host_id,
-                    "host": c.host,
-                    "token_hash": c.token_hash,
-                })
-            })
-            .collect();
-        let batch =
-            serde_json::to_string(&batch).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let rows = sqlx::query(
-            "WITH c AS (SELECT * FROM json_to_recordset($1::json) \
-                 AS c(proc_id BIGINT, host_id BIGINT, host TEXT, token_hash TEXT)), \
-             u AS (UPDATE processes p SET state = 'init', host_id = c.host_id, host = c.host, \
-                 token_hash = c.token_hash, updated_at = $2, missed_heartbeats = 0, reason = NULL \
-                 FROM c WHERE p.id = c.proc_id AND p.state = 'queued' RETURNING p.id), \
-             h AS (INSERT INTO history (proc_id, state, at) SELECT id, 'init', $2 FROM u) \
-             SELECT id FROM u ORDER BY id",
-        )
-        .bind(batch)
-        .bind(now)
-        .fetch_all(&self.write)
-        .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
-    }
-
-    /// SQLite: one transaction on the in-process write connection, where a
-    /// statement costs no round trip.
-    async fn claim_each(&self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
-        let mut done = Vec::with_capacity(claims.len());
+    /// Opens a dispatch round: one transaction that, on Postgres, first
+    /// takes the cluster-wide dispatch lock (a transaction-level advisory
+    /// lock), so the masters sharing the database place one round after
+    /// another, each seeing the last one's claims: no host is booked past
+    /// its `max_procs`, whichever masters run. The lock goes with the
+    /// transaction, also when a master dies holding it.
+    pub async fn dispatch_round(&self) -> Result<DispatchRound> {
         let mut tx = self.write.begin().await?;
-        for c in claims {
-            let n = sqlx::query(
-                "UPDATE processes SET state = 'init', host_id = $1, host = $2, token_hash = $3, \
-                 updated_at = $4, missed_heartbeats = 0, reason = NULL WHERE id = $5 AND state = 'queued'",
-            )
-            .bind(c.host_id)
-            .bind(&c.host)
-            .bind(&c.token_hash)
-            .bind(now)
-            .bind(c.proc_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 1 {
-                sqlx::query("INSERT INTO history (proc_id, state, at) VALUES ($1, 'init', $2)")
-                    .bind(c.proc_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                done.push(c.proc_id);
-            }
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(DISPATCH_LOCK)
+                .execute(&mut *tx)
+                .await?;
         }
-        tx.commit().await?;
+        Ok(DispatchRound {
+            tx,
+            backend: self.backend,
+        })
+    }
+
+    /// Claims processes in a round of their own (tests, tools).
+    pub async fn claim(&self, claims: &[Claim], now: i64) -> Result<Vec<i64>> {
+        let mut round = self.dispatch_round().await?;
+        let done = round.claim(claims, now).await?;
+        round.commit().await?;
         Ok(done)
     }
 
-    /// Undoes a claim whose worker refused or could not be reached: the
+    /// Undoes a claim whose worker refused it (so never started it): the
     /// process is `queued` again with no host, and the `init` entry goes.
     pub async fn unclaim(&self, proc_id: i64, host_id: i64) -> Result<bool> {
         let mut tx = self.write.begin().await?;
         let n = sqlx::query(
-            "UPDATE processes SET state = 'queued', host_id = NULL, host = NULL, token_hash = NULL \
-             WHERE id = $1 AND state = 'init' AND host_id = $2",
+            "UPDATE processes SET state = 'queued', host_id = NULL, host = NULL, token_hash = NULL, \
+             token_hash_next = NULL, lease_until = NULL WHERE id = $1 AND state = 'init' AND host_id = $2",
         )
         .bind(proc_id)
         .bind(host_id)
@@ -786,6 +916,80 @@ impl Store {
         }
         tx.commit().await?;
         Ok(n == 1)
+    }
+
+    /// Processes still `init` past their claim's lease: the master that
+    /// claimed them died (or never heard from the worker) before the runner
+    /// reported. Oldest first.
+    pub async fn expired_claims(&self, now: i64, limit: i64) -> Result<Vec<ExpiredClaim>> {
+        let rows = sqlx::query(
+            "SELECT id, spec, created_at, host_id FROM processes \
+             WHERE state = 'init' AND lease_until < $1 ORDER BY id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ExpiredClaim {
+                    proc: QueuedProc {
+                        id: r.try_get(0)?,
+                        spec: r.try_get(1)?,
+                        created_at: r.try_get(2)?,
+                    },
+                    host_id: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes over an expired claim: a new lease, and one more accepted
+    /// token for the re-sent envelope (a runner the worker started already
+    /// holds an earlier one, which stays good). False when another master
+    /// took it first or the runner reported meanwhile.
+    pub async fn renew_claim(
+        &self,
+        id: i64,
+        now: i64,
+        lease_until: i64,
+        token_hash: &str,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE processes SET lease_until = $1, \
+             token_hash_next = CASE WHEN token_hash_next IS NULL THEN $2 ELSE token_hash_next || ' ' || $2 END \
+             WHERE id = $3 AND state = 'init' AND lease_until < $4",
+        )
+        .bind(lease_until)
+        .bind(token_hash)
+        .bind(id)
+        .bind(now)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The worker started the runner with this token (answered 201): it is
+    /// the process's token from now on, the others go.
+    pub async fn settle_token(&self, id: i64, token_hash: &str) -> Result<()> {
+        sqlx::query("UPDATE processes SET token_hash = $1, token_hash_next = NULL WHERE id = $2")
+            .bind(token_hash)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a claim's lease now (its worker gave no answer): the next
+    /// takeover pass, on any master, asks the worker again.
+    pub async fn expire_claim(&self, id: i64, now: i64) -> Result<()> {
+        sqlx::query("UPDATE processes SET lease_until = $1 WHERE id = $2 AND state = 'init'")
+            .bind(now - 1)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     // ---- hosts -----------------------------------------------------------
@@ -1144,21 +1348,33 @@ impl Store {
     }
 
     /// Deletes up to `batch` processes that ended before `cutoff`, with their
-    /// history and log; returns how many went.
+    /// history and log; returns how many went. On Postgres one master
+    /// prunes at a time (a transaction-level advisory lock): a master that
+    /// finds it taken prunes nothing (0), the other is at it.
     pub async fn prune(&self, cutoff: i64, batch: i64) -> Result<usize> {
+        let mut tx = self.write.begin().await?;
+        if self.backend == Backend::Postgres {
+            let row = sqlx::query("SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END")
+                .bind(RETENTION_LOCK)
+                .fetch_one(&mut *tx)
+                .await?;
+            if row.try_get::<i32, _>(0)? == 0 {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+        }
         let rows = sqlx::query(
             "SELECT id FROM processes WHERE ended_at IS NOT NULL AND ended_at < $1 ORDER BY ended_at LIMIT $2",
         )
         .bind(cutoff)
         .bind(batch)
-        .fetch_all(&self.read)
+        .fetch_all(&mut *tx)
         .await?;
         let ids: Vec<i64> = rows
             .iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?;
         let mut gone = 0;
-        let mut tx = self.write.begin().await?;
         for id in ids {
             let n = sqlx::query(
                 "DELETE FROM processes WHERE id = $1 AND ended_at IS NOT NULL AND ended_at < $2",
@@ -1305,10 +1521,62 @@ async fn probe_at(conn: &mut sqlx::AnyConnection, at: i64) -> Result<Option<(i64
 }
 
 /// Makes sure a SQLite URL creates its file, and its directory exists.
+/// The SQLite file a `sqlite:` URL names; None for an in-memory database.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+    (path != ":memory:" && !path.is_empty()).then_some(path)
+}
+
+/// Takes `<file>.lock` beside a SQLite store for as long as this master
+/// runs: a second master on the same file would dispatch the same queue
+/// without the row locks only Postgres has. The lock file names the holder's
+/// pid; the kernel drops the lock when the process ends, however it ends.
+fn lock_sqlite(url: &str) -> Result<Option<Arc<std::fs::File>>> {
+    use std::io::{Read, Seek, Write};
+    let Some(path) = sqlite_path(url) else {
+        return Ok(None);
+    };
+    let lock_path = format!("{path}.lock");
+    let lock_err = |source| StoreError::LockFile {
+        path: lock_path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(lock_err)?;
+            file.rewind().map_err(lock_err)?;
+            writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+            Ok(Some(Arc::new(file)))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            Err(StoreError::Locked {
+                path: path.to_owned(),
+                holder: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+    }
+}
+
 fn sqlite_url(url: &str) -> Result<String> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" && !path.is_empty() {
+    if let Some(path) = sqlite_path(url) {
         if let Some(dir) = Path::new(path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -1356,7 +1624,6 @@ async fn sqlite_pool(url: &str, max: u32, acquire: Duration, sync: SqliteSync) -
         .await?)
 }
 
-/// Splits a migration into statements (they hold no `;` inside).
 /// Splits a migration into statements at `;`, except inside `$$` bodies
 /// (Postgres functions); whole-line `--` comments go.
 fn split_sql(sql: &str) -> Vec<String> {
@@ -1416,6 +1683,7 @@ fn proc_row(r: &AnyRow, with_spec: bool) -> Result<ProcRow> {
         ended_at: r.try_get("ended_at")?,
         updated_at: r.try_get("updated_at")?,
         token_hash: r.try_get("token_hash")?,
+        token_hash_next: r.try_get("token_hash_next")?,
         log_size: r.try_get("log_size")?,
     })
 }

@@ -117,9 +117,18 @@ pub fn client(tls: &Arc<rustls::ClientConfig>, timeout: Duration, limit: usize) 
 /// Why a worker call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// No answer.
+    /// No connection: the request never reached the worker.
     #[error("cannot reach the worker at {url}: {message}")]
     Unreachable {
+        /// The URL called.
+        url: String,
+        /// The transport error.
+        message: String,
+    },
+    /// The request went out but no answer came back (a timeout, a dropped
+    /// connection): the worker may have acted on it.
+    #[error("no answer from the worker at {url}: {message}")]
+    NoAnswer {
         /// The URL called.
         url: String,
         /// The transport error.
@@ -150,9 +159,17 @@ async fn finish(
         awc::error::SendRequestError,
     >,
 ) -> Result<StatusCode, CallError> {
-    let mut resp = resp.map_err(|e| CallError::Unreachable {
-        url: url.clone(),
-        message: e.to_string(),
+    let mut resp = resp.map_err(|e| match e {
+        awc::error::SendRequestError::Connect(_) | awc::error::SendRequestError::Url(_) => {
+            CallError::Unreachable {
+                url: url.clone(),
+                message: e.to_string(),
+            }
+        }
+        _ => CallError::NoAnswer {
+            url: url.clone(),
+            message: e.to_string(),
+        },
     })?;
     let status = resp.status();
     // Reading the body lets the connection go back to the pool.

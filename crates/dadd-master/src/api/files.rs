@@ -200,7 +200,7 @@ async fn may_read(st: &State, req: &HttpRequest) -> Result<(), ApiError> {
     };
     match st.store.get_proc(id).await? {
         Some(row) if !row.state.is_final() && row.token_hash.is_some() => {
-            st.auth.process(req, row.token_hash.as_deref())
+            st.auth.process(req, &row.token_hashes())
         }
         _ => user,
     }

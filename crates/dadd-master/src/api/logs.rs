@@ -19,8 +19,8 @@ const CHUNKS_PER_READ: i64 = 4;
 
 async fn authorize(st: &State, req: &HttpRequest, id: i64) -> Result<(), ApiError> {
     let row = st.store.get_proc(id).await?;
-    let hash = row.as_ref().and_then(|r| r.token_hash.as_deref());
-    st.auth.process(req, hash)?;
+    let hashes = row.as_ref().map(|r| r.token_hashes()).unwrap_or_default();
+    st.auth.process(req, &hashes)?;
     if row.is_none() {
         return Err(ApiError::no_proc(id));
     }

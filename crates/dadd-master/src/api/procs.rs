@@ -215,8 +215,7 @@ pub(super) async fn report(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let id = proc_id(&req)?;
-    let hash = token_hash(&st, id).await?;
-    st.auth.process(&req, hash.as_deref())?;
+    authorize_report(&st, &req, id).await?;
     let body = read_body(&req, payload, st.cfg.limits.json_bytes).await?;
     let r: StateReport = parse_json(
         &body,
@@ -236,8 +235,7 @@ pub(super) async fn report_original(
     let state: ProcState = name.parse().map_err(|e: dadd_spec::UnknownState| {
         ApiError::NotFound(format!("no route POST /api/procs/{id}/{name}: {e}"))
     })?;
-    let hash = token_hash(&st, id).await?;
-    st.auth.process(&req, hash.as_deref())?;
+    authorize_report(&st, &req, id).await?;
     let body = read_body(&req, payload, st.cfg.limits.json_bytes).await?;
     let f: ReportFields = if body.iter().all(u8::is_ascii_whitespace) {
         ReportFields::default()
@@ -261,13 +259,11 @@ pub(super) async fn report_original(
     .await
 }
 
-async fn token_hash(st: &State, id: i64) -> Result<Option<String>, ApiError> {
+async fn authorize_report(st: &State, req: &HttpRequest, id: i64) -> Result<(), ApiError> {
+    // Unknown process: only an API token gets through (to the 404).
     let row = st.store.get_proc(id).await?;
-    match row {
-        Some(r) => Ok(r.token_hash),
-        // Unknown process: only an API token gets the 404, others a refusal.
-        None => Ok(None),
-    }
+    let hashes = row.as_ref().map(|r| r.token_hashes()).unwrap_or_default();
+    st.auth.process(req, &hashes)
 }
 
 async fn apply(st: &State, id: i64, r: StateReport) -> Result<HttpResponse, ApiError> {
