@@ -14,6 +14,29 @@ pub enum Error {
         /// What the connection layer said.
         message: String,
     },
+    /// Several masters were tried, in order, and none answered; `last` is
+    /// how the last one failed.
+    #[error("no master answered (tried {}); the last error: {last}", tried.join(", "))]
+    AllFailed {
+        /// Every master tried (base URLs without credentials), in order.
+        tried: Vec<String>,
+        /// The last master's failure.
+        last: Box<Error>,
+    },
+    /// A request that must not be carried out twice (a submit) was sent and
+    /// no answer came: it may or may not have been carried out, so it was
+    /// not sent again, to this master or another.
+    #[error("{method} {url}: no answer after the request was sent ({message}); it may have been carried out, so it was not sent again{}; check (for a submit: `dadd ps`) before retrying", if *others { " to another master" } else { "" })]
+    Unconfirmed {
+        /// The HTTP method.
+        method: String,
+        /// The URL called (without credentials).
+        url: String,
+        /// What the connection layer said.
+        message: String,
+        /// Whether other masters were configured (and deliberately not tried).
+        others: bool,
+    },
     /// The master answered with an error status.
     #[error("{method} {url} failed with {status}: {}{}", body.error, details_suffix(&body.details))]
     Api {
@@ -67,18 +90,22 @@ fn details_suffix(details: &[String]) -> String {
 }
 
 impl Error {
-    /// The HTTP status of an [`Error::Api`], if this is one.
+    /// The HTTP status of an [`Error::Api`], if this is one (or the last
+    /// error of an [`Error::AllFailed`] is one).
     pub fn status(&self) -> Option<u16> {
         match self {
             Error::Api { status, .. } => Some(*status),
+            Error::AllFailed { last, .. } => last.status(),
             _ => None,
         }
     }
 
-    /// The server's error body of an [`Error::Api`], if this is one.
+    /// The server's error body of an [`Error::Api`], if this is one (or the
+    /// last error of an [`Error::AllFailed`] is one).
     pub fn body(&self) -> Option<&ErrorBody> {
         match self {
             Error::Api { body, .. } => Some(body),
+            Error::AllFailed { last, .. } => last.body(),
             _ => None,
         }
     }

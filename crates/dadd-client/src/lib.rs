@@ -5,6 +5,13 @@
 //! [`Error`]s carrying the HTTP status and the master's own `error` and
 //! `details`, or the URL that could not be reached.
 //!
+//! A client may be given several masters that share one database
+//! (`http://a:5000,http://b:5000`, or a list): a call that cannot reach one
+//! goes to the next, and the client stays with the one that answered. A
+//! submit goes to another master only when it provably never reached the
+//! first; see [`Client`] for the exact rule, and [`urls`] for
+//! the list syntax.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), dadd_client::Error> {
 //! let client = dadd_client::ClientBuilder::new("http://127.0.0.1:5000")
@@ -17,9 +24,10 @@
 //!
 //! # The `dadd` command
 //!
-//! `dadd [--master URL] [--token T] [--ca-file PEM] [--json] COMMAND`, where
-//! `--master` defaults to `$DADD_MASTER_URL`, else `http://127.0.0.1:5000`, and
-//! `--token` to `$DADD_TOKEN`. Commands: `submit`, `ps`, `show`, `logs`,
+//! `dadd [--master URL[,URL...]] [--token T] [--ca-file PEM] [--json] COMMAND`,
+//! where `--master` defaults to `$DADD_MASTER_URL`, else
+//! `http://127.0.0.1:5000`, and `--token` to `$DADD_TOKEN`. Several masters
+//! (comma-separated) are tried in order until one answers. Commands: `submit`, `ps`, `show`, `logs`,
 //! `kill`, `hosts`, `files put|get|ls|rm`, and `dev` (a local master and
 //! worker on loopback). Human tables by default; `--json` prints JSON for
 //! pipelines.
@@ -40,6 +48,7 @@ pub mod cli;
 mod client;
 mod error;
 pub mod tls;
+pub mod urls;
 
 pub use client::{Client, ClientBuilder, ListQuery};
 pub use error::{Error, Result};

@@ -45,10 +45,12 @@ pub fn run_args(args: Args) -> Code {
 #[derive(Debug, Parser)]
 #[command(name = "dadd", version, about, after_help = exit::EXIT_CODES_HELP)]
 pub struct Args {
-    /// The master's URL.
+    /// The master's URL, or several separated by commas (masters sharing one
+    /// database): requests go to the first that answers, in order.
     #[arg(
         long,
         global = true,
+        value_name = "URL[,URL...]",
         env = "DADD_MASTER_URL",
         default_value = "http://127.0.0.1:5000"
     )]

@@ -76,6 +76,7 @@ fn transient(err: &Error) -> bool {
     match err {
         Error::Connect { .. } => true,
         Error::Api { status, .. } => *status >= 500,
+        Error::AllFailed { last, .. } => transient(last),
         _ => false,
     }
 }
