@@ -23,8 +23,8 @@ pub struct Flags {
     /// Where the API listens [default: 127.0.0.1:6000].
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
-    /// The master's URL [default: http://127.0.0.1:5000].
-    #[arg(long, value_name = "URL")]
+    /// The master's URL, or several separated by commas (masters sharing one database) [default: http://127.0.0.1:5000].
+    #[arg(long, value_name = "URL[,URL...]")]
     pub master: Option<String>,
     /// HOST:PORT the master reaches this worker at [default: the bound address].
     #[arg(long, value_name = "HOST:PORT")]

@@ -19,7 +19,13 @@ pub const ENV_PREFIX: &str = "DADD_WORKER";
 pub struct Config {
     /// Where the worker's API listens. Default `127.0.0.1:6000`.
     pub bind: SocketAddr,
-    /// The master's base URL, for heartbeats. Default `http://127.0.0.1:5000`.
+    /// The master's base URL, or several masters sharing one database,
+    /// separated by commas (`http://a:5000,http://b:5000`; in TOML also an
+    /// array of strings). Heartbeats go to the first that answers and stay
+    /// there until it stops answering; runners get the whole list. Default
+    /// `http://127.0.0.1:5000`. Held as written (an array is joined with
+    /// commas); [`Config::master_urls`] splits it.
+    #[serde(deserialize_with = "string_or_list")]
     pub master: String,
     /// `HOST:PORT` the master reaches this worker at. Default: the bound
     /// address (this machine's host name when bound to all interfaces).
@@ -111,12 +117,37 @@ impl Secret {
     }
 }
 
+/// A string, or a list of strings joined with commas (`master` in TOML).
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a URL, URLs separated by commas, or an array of URL strings")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<String, A::Error> {
+            let mut all = Vec::new();
+            while let Some(url) = seq.next_element::<String>()? {
+                all.push(url);
+            }
+            Ok(all.join(","))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
 /// Values from the command line, the last layer.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--bind`.
     pub bind: Option<SocketAddr>,
-    /// `--master`.
+    /// `--master` (one URL, or several separated by commas).
     pub master: Option<String>,
     /// `--advertise`.
     pub advertise: Option<String>,
@@ -267,14 +298,11 @@ impl Config {
         if self.max_procs == Some(0) {
             return bad("max_procs = 0: give at least 1".into());
         }
-        match url::Url::parse(&self.master) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            _ => {
-                return bad(format!(
-                    "master = {:?}: give the master's URL, like http://127.0.0.1:5000",
-                    self.master
-                ))
-            }
+        if let Err(e) = dadd_client::urls::parse_list(&[&self.master]) {
+            return bad(format!(
+                "master = {:?}: {e}; give the master's URL, or several separated by commas (in TOML also an array of strings), like http://10.0.0.1:5000,http://10.0.0.2:5000",
+                self.master
+            ));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls.cert and tls.key go together: set both or neither".into());
@@ -294,6 +322,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Every master URL of `master`, in order, trimmed, without empty
+    /// entries (a trailing comma) or repeats.
+    pub fn master_urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> = Vec::new();
+        for url in dadd_client::urls::split_list(&self.master) {
+            if !urls.iter().any(|u| dadd_client::urls::same_master(u, &url)) {
+                urls.push(url);
+            }
+        }
+        urls
     }
 
     /// The heartbeat period.
@@ -424,6 +464,74 @@ mod tests {
             ..flags
         };
         Config::load(None, env(&[]), &insecure).expect("insecure");
+    }
+
+    #[test]
+    fn master_takes_a_list_from_every_layer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "master = [\"http://a:5000\", \"https://b.example/dadd/\"]\n",
+        )
+        .expect("write");
+        let c = Config::load(Some(&file), env(&[]), &Overrides::default()).expect("an array");
+        assert_eq!(
+            c.master_urls(),
+            vec![
+                "http://a:5000".to_owned(),
+                "https://b.example/dadd/".to_owned()
+            ]
+        );
+        // The loaded config writes back as TOML the worker reads again.
+        let again = dir.path().join("again.toml");
+        std::fs::write(&again, toml::to_string(&c).expect("toml")).expect("write");
+        let back = Config::load(Some(&again), env(&[]), &Overrides::default()).expect("reloads");
+        assert_eq!(back.master_urls(), c.master_urls());
+
+        let c = Config::load(
+            Some(&file),
+            env(&[("DADD_WORKER_MASTER", "http://e1:5000, http://e2:5000,")]),
+            &Overrides::default(),
+        )
+        .expect("a comma list in the environment");
+        assert_eq!(c.master_urls(), vec!["http://e1:5000", "http://e2:5000"]);
+
+        let flags = Overrides {
+            master: Some("http://f1:5000,http://f2:5000,http://f1:5000/".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(&file), env(&[]), &flags).expect("a comma list as a flag");
+        assert_eq!(
+            c.master_urls(),
+            vec!["http://f1:5000", "http://f2:5000"],
+            "repeats dropped"
+        );
+    }
+
+    #[test]
+    fn a_bad_master_url_is_named() {
+        let flags = |m: &str| Overrides {
+            master: Some(m.into()),
+            ..Overrides::default()
+        };
+        let err =
+            Config::load(None, env(&[]), &flags("http://a:5000,ftp://b:21")).expect_err("ftp");
+        let text = err.to_string();
+        assert!(text.contains("invalid URL ftp://b:21"), "{text}");
+        assert!(text.contains("http or https"), "{text}");
+        let err =
+            Config::load(None, env(&[]), &flags("http://a:5000,b:5000")).expect_err("no scheme");
+        assert!(err.to_string().contains("invalid URL b:5000"), "{err}");
+        let err = Config::load(None, env(&[]), &flags(" , ")).expect_err("empty");
+        assert!(err.to_string().contains("no master URL given"), "{err}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("worker.toml");
+        std::fs::write(&file, "master = [\"http://a:5000\", 5]\n").expect("write");
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default())
+            .expect_err("a number in the list");
+        assert!(err.to_string().contains("master"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! the ids of the live runners. While the master is unreachable the worker
 //! backs off (capped) and says so once per outage, never exiting for it: its
 //! runners go on, and so must the worker that lists them.
+//!
+//! With several masters (sharing one database), heartbeats go to one of
+//! them; the [`Client`] moves to the next when it stops answering, and this
+//! task says so in one line ("heartbeats now go to …"). An outage is when
+//! no master answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +43,8 @@ pub(crate) async fn run(
 ) {
     let mut failures: u32 = 0;
     let mut registered = false;
+    // The master that took the last heartbeat.
+    let mut master = client.master_url();
     loop {
         let beat = HostHeartbeat {
             host: me.host.clone(),
@@ -49,6 +56,11 @@ pub(crate) async fn run(
         };
         match client.heartbeat(&beat).await {
             Ok(info) => {
+                let now = client.master_url();
+                if registered && now != master {
+                    tracing::info!(master = %now, previous = %master, "heartbeats now go to {now}");
+                }
+                master = now;
                 if failures > 0 {
                     tracing::info!(master = %client.master_url(), failed_tries = failures, "master reachable again; heartbeats resumed");
                 } else if !registered {
@@ -61,7 +73,7 @@ pub(crate) async fn run(
                 failures = failures.saturating_add(1);
                 if failures == 1 {
                     tracing::warn!(
-                        master = %client.master_url(),
+                        masters = %client.master_urls().join(","),
                         error = %err,
                         "heartbeat failed; retrying with backoff up to {}s (logged once per outage; runners are not affected)",
                         max_backoff.as_secs_f64()

@@ -3,6 +3,11 @@
 //! one on request (`DELETE /procs/{id}`), and finds them all again after a
 //! restart.
 //!
+//! The worker may be given several masters sharing one database (`master`
+//! in [`Config`]): it heartbeats to one that answers, moving on when it
+//! stops answering, and passes the list on to each runner it starts
+//! (`fallback_urls` of the run envelope).
+//!
 //! Architecture invariant: the work root is the worker's only state. A
 //! worker can be restarted or `kill -9`ed at any time; its runners are in
 //! their own sessions and never notice, and the next worker scans the work
@@ -147,13 +152,16 @@ pub async fn start(config: Config) -> Result<Worker, StartError> {
         ),
     }
     let max_procs = config.max_procs();
-    let runners = Arc::new(Runners::new(
-        work_root.clone(),
-        runner,
-        max_procs,
-        config.runner_start_deadline(),
-        config.master_ca_file.clone(),
-    ));
+    let runners = Arc::new(
+        Runners::new(
+            work_root.clone(),
+            runner,
+            max_procs,
+            config.runner_start_deadline(),
+            config.master_ca_file.clone(),
+        )
+        .with_masters(config.master_urls()),
+    );
     let found = runners.live_ids().await;
     tracing::info!(live_runners = found.len(), process_ids = ?found, max_procs, "scanned the work root");
 
@@ -201,7 +209,7 @@ pub async fn start(config: Config) -> Result<Worker, StartError> {
         Some(adv) => config::parse_advertise(adv).map_err(StartError::Advertise)?,
         None => (default_host(addr.ip()), addr.port()),
     };
-    let client = dadd_client::ClientBuilder::new(&config.master)
+    let client = dadd_client::ClientBuilder::from_urls(config.master_urls())
         .token(
             config
                 .cluster_secret

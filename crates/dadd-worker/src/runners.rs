@@ -99,6 +99,8 @@ pub struct Runners {
     max_procs: u32,
     start_deadline: Duration,
     ca_file: Option<PathBuf>,
+    /// The worker's masters, passed on to runners as fallbacks.
+    masters: Vec<String>,
     in_flight: Mutex<HashSet<ProcId>>,
     id_locks: Mutex<HashMap<ProcId, Arc<tokio::sync::Mutex<()>>>>,
     admission: tokio::sync::Mutex<()>,
@@ -126,10 +128,19 @@ impl Runners {
             max_procs,
             start_deadline,
             ca_file,
+            masters: Vec::new(),
             in_flight: Mutex::new(HashSet::new()),
             id_locks: Mutex::new(HashMap::new()),
             admission: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The worker's own master list: each runner started from now on may
+    /// report to these masters when its envelope's master does not answer
+    /// (see [`add_fallbacks`]).
+    pub fn with_masters(mut self, masters: Vec<String>) -> Self {
+        self.masters = masters;
+        self
     }
 
     /// The work root.
@@ -208,8 +219,9 @@ impl Runners {
 
     /// Starts process `envelope.process_id`'s runner, or answers the one
     /// already there.
-    pub async fn run(&self, envelope: RunEnvelope) -> Result<Started, RunError> {
+    pub async fn run(&self, mut envelope: RunEnvelope) -> Result<Started, RunError> {
         let id = envelope.process_id;
+        add_fallbacks(&mut envelope, &self.masters);
         // Warn, not deny, on unknown keys: a newer master may know more.
         if let Err(errors) = dadd_spec::parse_value(&envelope.spec, UnknownKeys::Warn) {
             return Err(RunError::BadSpec {
@@ -355,6 +367,25 @@ impl Runners {
     }
 }
 
+/// Adds the worker's `masters` to the envelope's `fallback_urls`, so that
+/// the runner can report to another master sharing the same database when
+/// the one that sent it does not answer. The master's own fallbacks come
+/// first; the envelope's `master_url` and repeats (compared without a
+/// trailing `/`) are left out.
+pub fn add_fallbacks(envelope: &mut RunEnvelope, masters: &[String]) {
+    use dadd_client::urls::same_master;
+    for master in masters {
+        let known = same_master(master, &envelope.master_url)
+            || envelope
+                .fallback_urls
+                .iter()
+                .any(|f| same_master(f, master));
+        if !known {
+            envelope.fallback_urls.push(master.clone());
+        }
+    }
+}
+
 /// Removes an id from the in-flight set however the start ends.
 struct InFlight<'a> {
     runners: &'a Runners,
@@ -366,5 +397,61 @@ impl Drop for InFlight<'_> {
         if let Ok(mut set) = self.runners.in_flight.lock() {
             set.remove(&self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(master_url: &str, fallback_urls: &[&str]) -> RunEnvelope {
+        RunEnvelope {
+            process_id: 1,
+            token: "t".into(),
+            master_url: master_url.into(),
+            fallback_urls: fallback_urls.iter().map(|u| (*u).to_owned()).collect(),
+            spec: serde_json::json!({"cmd": "true"}),
+        }
+    }
+
+    fn masters(urls: &[&str]) -> Vec<String> {
+        urls.iter().map(|u| (*u).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_other_masters_become_fallbacks() {
+        let mut env = envelope("http://b:5000/", &[]);
+        add_fallbacks(
+            &mut env,
+            &masters(&["http://a:5000", "http://b:5000", "http://c:5000/"]),
+        );
+        assert_eq!(env.fallback_urls, vec!["http://a:5000", "http://c:5000/"]);
+    }
+
+    #[test]
+    fn the_masters_own_fallbacks_stay_first() {
+        let mut env = envelope(
+            "http://a:5000",
+            &["http://lb.example/dadd", "http://c:5000"],
+        );
+        add_fallbacks(
+            &mut env,
+            &masters(&["http://a:5000/", "http://c:5000/", "http://d:5000"]),
+        );
+        assert_eq!(
+            env.fallback_urls,
+            vec!["http://lb.example/dadd", "http://c:5000", "http://d:5000"]
+        );
+    }
+
+    #[test]
+    fn one_master_adds_nothing() {
+        let mut env = envelope("http://a:5000", &[]);
+        add_fallbacks(&mut env, &masters(&["http://a:5000/"]));
+        assert!(env.fallback_urls.is_empty());
+        // A worker told a different master than the one that sent the
+        // process still offers its own.
+        add_fallbacks(&mut env, &masters(&["http://127.0.0.1:5000"]));
+        assert_eq!(env.fallback_urls, vec!["http://127.0.0.1:5000"]);
     }
 }

@@ -262,3 +262,51 @@ async fn an_unreachable_master_names_its_url() {
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
     assert!(!text.contains("pw"), "credentials are not shown: {text}");
 }
+
+#[actix_web::test]
+async fn requests_move_to_the_live_master_and_stay() {
+    let cluster = Cluster::start(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start_master(&dir.path().join("first"), None).await;
+    let first_url = first.url().to_owned();
+    let client = dadd_client::ClientBuilder::new(format!("{first_url},{}", cluster.url))
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("client");
+    assert_eq!(
+        client.master_urls(),
+        vec![format!("{first_url}/"), format!("{}/", cluster.url)]
+    );
+    client.health().await.expect("the first master answers");
+    assert_eq!(client.master_url(), format!("{first_url}/"));
+
+    // The first master goes away: requests go to the second, and stay there.
+    first.stop().await;
+    let page = client
+        .list(&ListQuery::default())
+        .await
+        .expect("the second master answers");
+    assert!(page.procs.is_empty());
+    assert_eq!(client.master_url(), format!("{}/", cluster.url));
+    let created = client
+        .submit(&json!({"cmd": "sleep 300"}))
+        .await
+        .expect("a submit goes to the master that answered");
+    let seen = cluster
+        .client(None)
+        .get(created.id)
+        .await
+        .expect("stored there");
+    assert_eq!(seen.summary.id, created.id);
+    let hosts = client.hosts().await.expect("hosts");
+    assert!(hosts.iter().any(|h| h.address == cluster.worker_addr()));
+
+    // Both gone: the error names both.
+    let master_url = cluster.url.clone();
+    cluster.stop().await;
+    let err = client.health().await.expect_err("no master left");
+    let text = err.to_string();
+    assert!(matches!(err, Error::AllFailed { .. }), "{text}");
+    assert!(text.contains(&first_url), "{text}");
+    assert!(text.contains(&master_url), "{text}");
+}

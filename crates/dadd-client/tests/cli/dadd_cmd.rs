@@ -273,3 +273,62 @@ async fn bad_specs_exit_2_and_an_absent_master_exits_5() {
     let out = run(&master, &["show", "not-a-number"]).await;
     assert_eq!(out.status.code(), Some(2), "a usage error");
 }
+
+#[actix_web::test]
+async fn a_master_list_skips_a_master_that_is_down() {
+    let cluster = Cluster::start(None).await;
+    let client = cluster.client(None);
+    let masters = format!("{},{}", closed_url(), cluster.url);
+    let spec = write_spec(&cluster, "sleep.json", json!({"cmd": "sleep 300"}));
+
+    let out = run(&masters, &["--json", "submit", &spec]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let id = created["id"].as_i64().expect("an id");
+    let page = client.list(&Default::default()).await.expect("list");
+    assert_eq!(
+        page.procs.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![id],
+        "submitted once"
+    );
+
+    let out = run(&masters, &["ps"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("sleep 300"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // The same list from the environment.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+        .args(["--json", "ps"])
+        .env("DADD_MASTER_URL", &masters)
+        .env_remove("DADD_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("dadd runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page: ProcList = serde_json::from_slice(&out.stdout).expect("a ProcList");
+    assert_eq!(page.procs.len(), 1);
+    cluster.stop().await;
+}
+
+#[actix_web::test]
+async fn every_master_down_names_each_and_exits_5() {
+    let (one, two) = (closed_url(), closed_url());
+    let out = run(&format!("{one},{two}"), &["ps"]).await;
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no master answered"), "{stderr}");
+    assert!(stderr.contains(&one) && stderr.contains(&two), "{stderr}");
+
+    let out = run(&format!("{one},ftp://two"), &["ps"]).await;
+    assert_eq!(out.status.code(), Some(2), "a bad URL is a usage error");
+    assert!(
+        text(&out.stderr).contains("ftp://two"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -35,15 +35,7 @@ impl Cluster {
             std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755))
                 .expect("chmod");
         }
-        let mut mcfg = dadd_master::Config {
-            bind: "127.0.0.1:0".into(),
-            state_dir: dir.path().join("master"),
-            http_workers: 2,
-            ..dadd_master::Config::default()
-        };
-        mcfg.auth.cluster_secret = Some(SECRET.into());
-        mcfg.auth.api_tokens = api_token.map(|t| vec![t.to_owned()]).unwrap_or_default();
-        let master = dadd_master::start(mcfg).await.expect("the master starts");
+        let master = start_master(&dir.path().join("master"), api_token).await;
         let url = master.url().to_owned();
         let wcfg = dadd_worker::Config {
             bind: "127.0.0.1:0".parse().expect("addr"),
@@ -133,6 +125,31 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A master alone (SQLite in `state_dir`) on a free loopback port.
+pub(crate) async fn start_master(
+    state_dir: &Path,
+    api_token: Option<&str>,
+) -> dadd_master::MasterHandle {
+    let mut mcfg = dadd_master::Config {
+        bind: "127.0.0.1:0".into(),
+        state_dir: state_dir.to_path_buf(),
+        http_workers: 2,
+        ..dadd_master::Config::default()
+    };
+    mcfg.auth.cluster_secret = Some(SECRET.into());
+    mcfg.auth.api_tokens = api_token.map(|t| vec![t.to_owned()]).unwrap_or_default();
+    dadd_master::start(mcfg).await.expect("the master starts")
+}
+
+/// A loopback URL where nothing listens (a port bound, then let go).
+pub(crate) fn closed_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    format!("http://127.0.0.1:{port}")
 }
 
 fn find_envelope(root: &Path, id: ProcId) -> Option<RunEnvelope> {

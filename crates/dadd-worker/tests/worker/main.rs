@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 mod api;
+mod failover;
 mod real_runner;
 mod restart;
 mod support;

@@ -376,11 +376,24 @@ pub(crate) struct WorkerProcess {
 impl WorkerProcess {
     /// Starts the binary with `config` (written as TOML) and waits for `/up`.
     pub(crate) async fn start(sandbox: &Sandbox, config: &Config, name: &str) -> WorkerProcess {
+        Self::start_edited(sandbox, config, name, |_| {}).await
+    }
+
+    /// Starts the binary with `config` as TOML, changed by `edit` first
+    /// (for what `Config` does not write, like `master` as an array).
+    pub(crate) async fn start_edited(
+        sandbox: &Sandbox,
+        config: &Config,
+        name: &str,
+        edit: impl FnOnce(&mut toml::Table),
+    ) -> WorkerProcess {
         let port = free_port();
         let mut config = config.clone();
         config.bind = format!("127.0.0.1:{port}").parse().expect("addr");
         let file = sandbox.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&file, toml::to_string(&config).expect("toml")).expect("write config");
+        let mut table = toml::Table::try_from(&config).expect("toml");
+        edit(&mut table);
+        std::fs::write(&file, toml::to_string(&table).expect("toml")).expect("write config");
         let stderr = sandbox.dir.path().join(format!("{name}.log"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_dadd-worker"))
             .arg("--config")
