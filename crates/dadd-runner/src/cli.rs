@@ -47,8 +47,8 @@ pub struct Cli {
     #[arg(long, value_name = "ID", requires = "master")]
     pub process_id: Option<i64>,
 
-    /// The worker's envelope (JSON: process id, token, master URL, spec);
-    /// replaces SPEC, `--master` and `--process-id`.
+    /// The worker's envelope (JSON: process id, token, master URL, fallback
+    /// master URLs, spec); replaces SPEC, `--master` and `--process-id`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["spec", "master", "process_id"])]
     pub envelope: Option<PathBuf>,
 

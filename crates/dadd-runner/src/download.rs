@@ -5,7 +5,9 @@
 //!
 //! A download from the master itself (its `/files` store) carries the
 //! process's token and id: with API tokens configured, the master's store is
-//! not open, and the runner holds no API token.
+//! not open, and the runner holds no API token. Every master the runner may
+//! report to (its master and the fallbacks sharing its store) counts as the
+//! master here; any other origin never sees the token.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -168,9 +170,15 @@ pub fn fetch(
 }
 
 /// Whether `url` is served by the master at `master` (same scheme, host
-/// and port): only there does the process token go.
+/// and port).
 fn same_origin(url: &url::Url, master: &str) -> bool {
     url::Url::parse(master).is_ok_and(|m| m.origin() == url.origin())
+}
+
+/// Whether `url` is served by one of the masters of `target` (its master or
+/// a fallback): only there does the process token go.
+fn at_a_master(url: &url::Url, target: &MasterTarget) -> bool {
+    target.urls().any(|m| same_origin(url, m))
 }
 
 fn try_once(
@@ -191,7 +199,7 @@ fn try_once(
         })
     };
     let mut req = agent.get(d.url.as_str());
-    if let Some(m) = master.filter(|m| same_origin(&d.url, &m.url)) {
+    if let Some(m) = master.filter(|m| at_a_master(&d.url, m)) {
         req = req
             .header("Authorization", format!("Bearer {}", m.token))
             .header(PROCESS_HEADER, m.process_id.to_string());
@@ -291,5 +299,33 @@ mod tests {
         ));
         assert!(!same_origin(&url("http://s3.example/files/a.json"), master));
         assert!(!same_origin(&url("http://127.0.0.1:5000/a"), "not a url"));
+    }
+
+    #[test]
+    fn the_token_goes_to_every_master_of_the_list_and_nowhere_else() {
+        let url = |u: &str| url::Url::parse(u).expect("url");
+        let target = MasterTarget {
+            url: "http://10.0.0.1:5000".into(),
+            fallback_urls: vec!["https://m2.example".into(), "http://10.0.0.3:5000".into()],
+            process_id: 1,
+            token: "t".into(),
+        };
+        for yes in [
+            "http://10.0.0.1:5000/files/a",
+            "https://m2.example/files/a",
+            "https://m2.example:443/files/a",
+            "http://10.0.0.3:5000/files/a",
+        ] {
+            assert!(at_a_master(&url(yes), &target), "{yes}");
+        }
+        for no in [
+            "http://m2.example/files/a",
+            "https://m2.example:8443/files/a",
+            "http://10.0.0.3:5001/files/a",
+            "https://10.0.0.1:5000/files/a",
+            "http://s3.example/files/a",
+        ] {
+            assert!(!at_a_master(&url(no), &target), "{no}");
+        }
     }
 }

@@ -17,6 +17,10 @@ use crate::cli::{Cli, TOKEN_ENV};
 pub struct MasterTarget {
     /// The master's base URL (no trailing slash).
     pub url: String,
+    /// Other masters sharing its store, in the order they are tried when
+    /// `url` does not answer (base URLs, no trailing slash; none repeats
+    /// `url` or another).
+    pub fallback_urls: Vec<String>,
     /// The process id at the master.
     pub process_id: ProcId,
     /// The per-process bearer token.
@@ -28,8 +32,16 @@ impl std::fmt::Debug for MasterTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MasterTarget")
             .field("url", &self.url)
+            .field("fallback_urls", &self.fallback_urls)
             .field("process_id", &self.process_id)
             .finish_non_exhaustive()
+    }
+}
+
+impl MasterTarget {
+    /// Every master's base URL: `url` first, then `fallback_urls`.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.url.as_str()).chain(self.fallback_urls.iter().map(String::as_str))
     }
 }
 
@@ -106,7 +118,7 @@ pub fn load(cli: &Cli) -> Result<Job, LoadError> {
                     "--master needs the process's token in the environment variable {TOKEN_ENV}"
                 )));
             }
-            Some(target(url, id, token)?)
+            Some(target(url, &[], id, token).map_err(LoadError::Usage)?)
         }
         _ => None,
     };
@@ -144,24 +156,59 @@ fn load_envelope(path: &Path) -> Result<Job, LoadError> {
             reason: "its token is empty".into(),
         });
     }
-    let master = target(&envelope.master_url, envelope.process_id, envelope.token)?;
+    let master = target(
+        &envelope.master_url,
+        &envelope.fallback_urls,
+        envelope.process_id,
+        envelope.token,
+    )
+    .map_err(|reason| LoadError::Envelope {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     validate(envelope.spec, Some(master))
 }
 
-fn target(url: &str, process_id: ProcId, token: String) -> Result<MasterTarget, LoadError> {
-    let parsed =
-        Url::parse(url).map_err(|e| LoadError::Usage(format!("bad master URL {url:?}: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(LoadError::Usage(format!(
-            "bad master URL {}: give an http or https URL",
-            dadd_spec::redact_url(&parsed)
-        )));
+/// The master `url` and its `fallbacks`, each checked (http or https) and
+/// without a trailing slash; a fallback naming a master already listed is
+/// dropped. The error names the URL at fault.
+fn target(
+    url: &str,
+    fallbacks: &[String],
+    process_id: ProcId,
+    token: String,
+) -> Result<MasterTarget, String> {
+    let primary = master_url(url).map_err(|e| format!("bad master URL {e}"))?;
+    let mut seen = vec![primary.clone()];
+    let mut fallback_urls = Vec::new();
+    for (i, fallback) in fallbacks.iter().enumerate() {
+        let parsed =
+            master_url(fallback).map_err(|e| format!("fallback_urls[{i}]: bad master URL {e}"))?;
+        if !seen.contains(&parsed) {
+            seen.push(parsed);
+            fallback_urls.push(fallback.trim_end_matches('/').to_owned());
+        }
     }
     Ok(MasterTarget {
         url: url.trim_end_matches('/').to_owned(),
+        fallback_urls,
         process_id,
         token,
     })
+}
+
+/// `url` parsed, if it is an http or https URL; else the URL and why not.
+/// Parsed URLs compare equal when they name the same master (case of the
+/// host, default port and a trailing slash aside).
+fn master_url(url: &str) -> Result<Url, String> {
+    let parsed = Url::parse(url.trim_end_matches('/')).map_err(|e| format!("{url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "{}: give an http or https URL",
+            dadd_spec::redact_url(&parsed)
+        ));
+    }
+    Ok(parsed)
 }
 
 fn validate(value: Value, master: Option<MasterTarget>) -> Result<Job, LoadError> {
@@ -228,6 +275,100 @@ mod tests {
         assert!(
             !format!("{m:?}").contains("t0k"),
             "the token is not printed"
+        );
+    }
+
+    fn envelope(text: &str) -> Result<Job, LoadError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("envelope.json");
+        std::fs::write(&path, text).expect("write");
+        load(&cli(&["--envelope", path.to_str().expect("utf-8")]))
+    }
+
+    #[test]
+    fn fallback_masters_follow_the_master_in_order_without_repeats() {
+        let job = envelope(
+            r#"{"process_id": 7, "token": "t0k", "master_url": "http://m1:8080/",
+                "fallback_urls": ["http://M1:8080", "https://m2/", "http://m3", "https://m2", "http://m1:8080/"],
+                "spec": {"cmd": ["true"]}}"#,
+        )
+        .expect("loads");
+        let m = job.master.expect("a master");
+        assert_eq!(
+            m.urls().collect::<Vec<_>>(),
+            ["http://m1:8080", "https://m2", "http://m3"]
+        );
+        assert_eq!(m.fallback_urls, ["https://m2", "http://m3"]);
+    }
+
+    #[test]
+    fn an_envelope_without_fallbacks_has_only_its_master() {
+        let job = envelope(
+            r#"{"process_id": 7, "token": "t0k", "master_url": "http://m1", "spec": {"cmd": ["true"]}}"#,
+        )
+        .expect("loads");
+        let m = job.master.expect("a master");
+        assert_eq!(m.urls().collect::<Vec<_>>(), ["http://m1"]);
+    }
+
+    #[test]
+    fn a_bad_fallback_is_refused_naming_it() {
+        for (bad, says) in [
+            (
+                r#""ftp://m2/x""#,
+                "fallback_urls[1]: bad master URL ftp://m2/x: give an http or https URL",
+            ),
+            (r#""m2:8080""#, "fallback_urls[1]: bad master URL"),
+            (
+                r#""http://user:secret@[::1""#,
+                "fallback_urls[1]: bad master URL",
+            ),
+        ] {
+            let text = format!(
+                r#"{{"process_id": 7, "token": "t0k", "master_url": "http://m1",
+                    "fallback_urls": ["http://m3", {bad}], "spec": {{"cmd": ["true"]}}}}"#
+            );
+            match envelope(&text) {
+                Err(e @ LoadError::Envelope { .. }) => {
+                    let e = e.to_string();
+                    assert!(e.contains(says), "{e}");
+                    assert!(e.starts_with("bad envelope "), "{e}");
+                }
+                other => panic!("expected an envelope error for {bad}, got {other:?}"),
+            }
+        }
+        let e = envelope(
+            r#"{"process_id": 7, "token": "t0k", "master_url": "http://m1",
+                "fallback_urls": ["https://user:secret@m2/"], "spec": {"cmd": ["true"]}}"#,
+        )
+        .map(|j| j.master.expect("a master").fallback_urls);
+        assert_eq!(
+            e.expect("credentials are allowed"),
+            ["https://user:secret@m2"]
+        );
+    }
+
+    #[test]
+    fn a_bad_master_url_in_an_envelope_is_an_envelope_error() {
+        match envelope(
+            r#"{"process_id": 7, "token": "t0k", "master_url": "file:///etc", "spec": {"cmd": ["true"]}}"#,
+        ) {
+            Err(e @ LoadError::Envelope { .. }) => {
+                assert!(e.to_string().contains("bad master URL file:///etc"), "{e}");
+            }
+            other => panic!("expected an envelope error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_scheme_error_does_not_print_credentials() {
+        let e = target("ftp://u:secret@m/", &[], 1, "t".into()).expect_err("refused");
+        assert!(!e.contains("secret"), "{e}");
+        let e =
+            target("http://m", &["ftp://u:secret@m2".into()], 1, "t".into()).expect_err("refused");
+        assert!(
+            !e.contains("secret") && e.contains("fallback_urls[0]"),
+            "{e}"
         );
     }
 
