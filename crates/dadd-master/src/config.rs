@@ -254,14 +254,19 @@ impl Default for LivenessConfig {
 pub struct NotifyConfig {
     /// A URL POSTed a JSON notice on every failed or lost process. Default: none.
     pub webhook_url: Option<String>,
-    /// Attempts per webhook notice. Default 5.
+    /// Attempts per notice (an attempt retries only the channels, webhook
+    /// or email, not yet delivered). Default 5.
     pub webhook_attempts: u32,
-    /// Wait before the first retry, doubled each time, seconds. Default 1.
+    /// Wait before the first retry, doubled each time (at most 300),
+    /// seconds. Default 1.
     pub webhook_backoff_secs: f64,
     /// Time a webhook call may take, seconds. Default 10.
     pub webhook_timeout_secs: f64,
     /// Notify `killed` processes too. Default `false`.
     pub on_killed: bool,
+    /// How often a master looks for due notices it was not woken for (one
+    /// another master wrote, a retry, an expired lease), seconds. Default 1.
+    pub poll_secs: f64,
     /// Email over SMTP. Default: off.
     pub smtp: SmtpConfig,
 }
@@ -274,6 +279,7 @@ impl Default for NotifyConfig {
             webhook_backoff_secs: 1.0,
             webhook_timeout_secs: 10.0,
             on_killed: false,
+            poll_secs: 1.0,
             smtp: SmtpConfig::default(),
         }
     }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod liveness;
 pub mod metrics;
 pub mod notify;
+mod outbox;
 pub mod server;
 pub mod store;
 pub mod wakeup;

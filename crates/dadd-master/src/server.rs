@@ -131,7 +131,7 @@ pub async fn start(cfg: Config) -> Result<MasterHandle, StartError> {
         .trim_end_matches('/')
         .to_owned();
     let notify_on = cfg.notify.webhook_url.is_some() || cfg.notify.smtp.server.is_some();
-    let (notifier, notices) = Notifier::new(notify_on);
+    let notifier = Notifier::new(notify_on);
     let shared = Arc::new(Shared {
         store,
         auth: Auth::new(&cfg.auth),
@@ -185,10 +185,9 @@ pub async fn start(cfg: Config) -> Result<MasterHandle, StartError> {
             stop_rx.clone(),
         )));
     }
-    if let Some(rx) = notices {
+    if shared.notifier.enabled() {
         tasks.push(actix_rt::spawn(crate::notify::run(
             Arc::clone(&shared),
-            rx,
             stop_rx,
         )));
     }

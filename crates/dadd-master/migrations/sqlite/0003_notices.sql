@@ -1,4 +1,5 @@
--- Notification outbox (see the Postgres flavour).
+-- Notification outbox (see the Postgres flavour; SQLite serves one master,
+-- so there is no wake-up trigger).
 CREATE TABLE notices (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     proc_id BIGINT NOT NULL,

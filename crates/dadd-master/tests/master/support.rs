@@ -366,3 +366,74 @@ where
 pub fn spec(cmd: &str) -> Value {
     serde_json::json!({"cmd": cmd})
 }
+
+/// A store and state dir that outlive the masters started on them: a master
+/// stopped, another started on the same store.
+pub struct Kept {
+    pub dir: TempDir,
+    pub db: TestDb,
+}
+
+impl Kept {
+    /// A fresh store; None when the backend is not available.
+    pub async fn new(backend: Backend) -> Option<Kept> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = TestDb::new(backend, dir.path()).await?;
+        Some(Kept { dir, db })
+    }
+}
+
+impl TestMaster {
+    /// Starts a master on a kept store (it owns the store from now on).
+    pub async fn start_on(kept: Kept, tweak: impl FnOnce(&mut Config)) -> TestMaster {
+        let mut cfg = test_config(kept.dir.path(), &kept.db);
+        tweak(&mut cfg);
+        let token = cfg.auth.api_tokens.first().cloned();
+        let handle = dadd_master::start(cfg).await.expect("master starts");
+        let url = format!("http://{}", handle.addr());
+        TestMaster {
+            handle: Some(handle),
+            url,
+            token,
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .finish(),
+            dir: kept.dir,
+            _db: kept.db,
+        }
+    }
+
+    /// Stops the master and hands back its store, for another master.
+    pub async fn stop_keep_store(mut self) -> Kept {
+        if let Some(h) = self.handle.take() {
+            h.stop().await;
+        }
+        Kept {
+            dir: self.dir,
+            db: self._db,
+        }
+    }
+
+    /// Another master on the same store, with its own state dir; stop it
+    /// before this one (which owns the store).
+    pub async fn sibling(&self, tweak: impl FnOnce(&mut Config)) -> TestMaster {
+        let kept = Kept {
+            dir: tempfile::tempdir().expect("tempdir"),
+            db: TestDb {
+                url: self._db.url.clone(),
+                pg: None,
+            },
+        };
+        TestMaster::start_on(kept, tweak).await
+    }
+
+    /// A counter of `/metrics`, e.g. `dadd_notifications_sent_total`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (s, v) = self.call("GET", "/metrics", None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let text = v.as_str().expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+}
