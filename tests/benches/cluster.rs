@@ -254,6 +254,7 @@ fn run(backend: Backend) {
         host_ttl_secs: 30.0,
         master_toml: format!("[store]\nsqlite_synchronous = \"{sync}\"\n"),
         rust_log,
+        ..Options::default()
     };
     let Some(cluster) = Cluster::start(backend, opts) else {
         return;

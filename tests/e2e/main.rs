@@ -3,5 +3,6 @@
 mod cluster;
 mod dashboard;
 mod deploy;
+mod masters;
 mod runner;
 mod support;

@@ -1,7 +1,9 @@
 //! A whole Dadd cluster from the real binaries: one `dadd-master` (SQLite
-//! in the test's temp dir, or a fresh Postgres schema), any number of
-//! `dadd-worker`s with their own work roots, the real `dadd-runner`, a
-//! webhook sink, and a small blocking client of the master's API.
+//! in the test's temp dir, or a fresh Postgres schema), or several masters
+//! sharing that store (each its own port and state dir), any number of
+//! `dadd-worker`s with their own work roots (given every master's URL, or a
+//! list of the test's choosing), the real `dadd-runner`, a webhook sink
+//! every master notifies, and a small blocking client of the master's API.
 //!
 //! Every daemon binds 127.0.0.1 port 0 the first time and the same port
 //! when restarted (so the master sees the same host, and the runners reach
@@ -11,11 +13,11 @@
 //!
 //! Cleanup: dropping the cluster kills the workers, then every runner still
 //! alive in their work roots with its command's whole process group, then
-//! the master, then drops the Postgres schema.
+//! every master, then drops the Postgres schema.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use dadd_spec::api::{ProcDetail, ProcId, ProcSummary, WorkerProc};
@@ -282,6 +284,19 @@ impl Api {
         created.id
     }
 
+    /// Submits `spec` to a master that may be dying: `Err` (what went
+    /// wrong) when it could not be reached or the answer was cut off;
+    /// any answer other than 201 fails the test.
+    pub fn try_submit(&self, spec: &Value) -> Result<ProcId, String> {
+        let body = serde_json::to_vec(spec).expect("json");
+        let ans = self
+            .try_request("POST", "/api/procs", Some(("application/json", &body)))
+            .map_err(|e| e.to_string())?;
+        assert_eq!(ans.status, 201, "submit to {}: {}", self.base, ans.text());
+        let created: ProcSummary = ans.json();
+        Ok(created.id)
+    }
+
     /// `GET /api/procs/{id}`, `None` while the master is unreachable.
     pub fn try_proc(&self, id: ProcId) -> Option<ProcDetail> {
         let ans = self
@@ -361,6 +376,11 @@ pub struct Options {
     pub master_toml: String,
     /// `RUST_LOG` of the daemons; it must let the "listening" lines through.
     pub rust_log: String,
+    /// Masters started on the same store, each on its own port with its
+    /// own state dir (the first is [`Cluster::master`]).
+    pub masters: usize,
+    /// More `[dispatch]` keys for every master (`lease_secs = 2`).
+    pub dispatch_toml: String,
 }
 
 impl Default for Options {
@@ -371,6 +391,8 @@ impl Default for Options {
             max_procs: 8,
             master_toml: String::new(),
             rust_log: "info".to_owned(),
+            masters: 1,
+            dispatch_toml: String::new(),
         }
     }
 }
@@ -378,6 +400,9 @@ impl Default for Options {
 /// The real `dadd-master`, restartable on the same address and store.
 #[derive(Debug)]
 pub struct Master {
+    /// Its name in the test (`master`, `master2`, …): its config, state dir
+    /// and logs are named after it.
+    pub name: String,
     child: Option<ChildGuard>,
     addr: Option<SocketAddr>,
     config: PathBuf,
@@ -387,10 +412,10 @@ pub struct Master {
 }
 
 impl Master {
-    fn new(dir: &Path, db: &Db, opts: &Options, webhook: &str) -> Self {
-        let state = dir.join("master");
+    fn new(name: &str, dir: &Path, db: &Db, opts: &Options, webhook: &str) -> Self {
+        let state = dir.join(name);
         std::fs::create_dir_all(&state).expect("master state dir");
-        let config = dir.join("master.toml");
+        let config = dir.join(format!("{name}.toml"));
         let toml = format!(
             r#"bind = "127.0.0.1:0"
 state_dir = "{state}"
@@ -405,7 +430,7 @@ cluster_secret = "{CLUSTER_SECRET}"
 [dispatch]
 tick_secs = 0.5
 host_backoff_secs = 0.5
-
+{dispatch}
 [liveness]
 host_ttl_secs = {ttl:.3}
 check_interval_secs = 0.2
@@ -421,10 +446,12 @@ webhook_timeout_secs = 5.0
             state = state.display(),
             db = db.url,
             ttl = opts.host_ttl_secs,
+            dispatch = opts.dispatch_toml,
             extra = opts.master_toml,
         );
-        std::fs::write(&config, toml).expect("write master.toml");
+        std::fs::write(&config, toml).expect("write the master's config");
         Self {
+            name: name.to_owned(),
             child: None,
             addr: None,
             config,
@@ -434,11 +461,11 @@ webhook_timeout_secs = 5.0
         }
     }
 
-    /// Starts it (on its old address when restarted) and waits until it answers.
-    pub fn start(&mut self) {
-        assert!(self.child.is_none(), "the master is already running");
+    /// The command for its next start, and the log file it writes.
+    fn command(&mut self) -> (Command, PathBuf) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
         self.starts += 1;
-        let log = self.dir.join(format!("master-{}.log", self.starts));
+        let log = self.dir.join(format!("{}-{}.log", self.name, self.starts));
         let (out, err) = log_files(&log);
         let mut cmd = clean_command(&bin("dadd-master"), &self.rust_log);
         cmd.arg("--config").arg(&self.config);
@@ -446,8 +473,15 @@ webhook_timeout_secs = 5.0
             cmd.arg("--bind").arg(addr.to_string());
         }
         cmd.stdout(out).stderr(err);
+        (cmd, log)
+    }
+
+    /// Starts it (on its old address when restarted) and waits until it answers.
+    pub fn start(&mut self) {
+        let (mut cmd, log) = self.command();
         let mut child = ChildGuard::new(cmd.spawn().expect("dadd-master starts"));
-        let addr = wait_listening("dadd-master", &log, "dadd-master listening", &mut child);
+        let what = format!("dadd-master {}", self.name);
+        let addr = wait_listening(&what, &log, "dadd-master listening", &mut child);
         self.addr = Some(addr);
         self.child = Some(child);
         let api = self.api();
@@ -457,11 +491,49 @@ webhook_timeout_secs = 5.0
         });
     }
 
+    /// Starts it where it is expected to refuse to run: waits until it
+    /// exits (at most `deadline`) and returns its status and log. Fails
+    /// the test if it starts listening instead (it is killed then).
+    pub fn start_expecting_exit(&mut self, deadline: Duration) -> (ExitStatus, String) {
+        let (mut cmd, log) = self.command();
+        let mut child = ChildGuard::new(cmd.spawn().expect("dadd-master starts"));
+        let status = super::wait::wait_for(
+            &format!("dadd-master {} to exit", self.name),
+            deadline,
+            || {
+                let status = child.try_wait();
+                if status.is_none() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    assert!(
+                        !text.contains("dadd-master listening"),
+                        "dadd-master {} started listening instead of refusing:\n{text}",
+                        self.name
+                    );
+                }
+                status
+            },
+        );
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// Gives it a free loopback port before its first start, so that
+    /// workers can be given its URL before it runs.
+    pub fn reserve_address(&mut self) {
+        assert!(self.addr.is_none(), "{} has its address already", self.name);
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        self.addr = Some(probe.local_addr().expect("a bound address"));
+    }
+
     /// Stops it with `sig` and waits until it has exited.
     pub fn stop(&mut self, sig: Signal) {
         let mut child = self.child.take().expect("the master is running");
         child.signal(sig);
         child.wait(Duration::from_secs(20));
+    }
+
+    /// Whether it is running (started and not stopped by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Its base URL.
@@ -483,7 +555,7 @@ webhook_timeout_secs = 5.0
     pub fn logs(&self) -> String {
         (1..=self.starts)
             .map(|i| {
-                std::fs::read_to_string(self.dir.join(format!("master-{i}.log")))
+                std::fs::read_to_string(self.dir.join(format!("{}-{i}.log", self.name)))
                     .unwrap_or_default()
             })
             .collect()
@@ -594,6 +666,15 @@ impl Worker {
         self.child.as_ref().map_or(0, ChildGuard::pid)
     }
 
+    /// Sends `sig` to its daemon (`SIGSTOP` freezes it: it accepts
+    /// connections but answers nothing until `SIGCONT`).
+    pub fn signal(&self, sig: Signal) {
+        self.child
+            .as_ref()
+            .expect("the worker is running")
+            .signal(sig);
+    }
+
     /// Whether its daemon is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -664,15 +745,19 @@ pub fn reap_runners(work_root: &Path) {
     }
 }
 
-/// A master, its workers and a webhook sink, all torn down on drop.
+/// A master (or several on one store), its workers and a webhook sink,
+/// all torn down on drop.
 #[derive(Debug)]
 pub struct Cluster {
     /// The workers (`w1`, `w2`, …), not started when `Options::workers` is 0.
     pub workers: Vec<Worker>,
-    /// The master.
+    /// The master (the first one when there are several).
     pub master: Master,
-    /// Receives the master's notifications (`POST /hook`).
+    /// The other masters on the same store (`master2`, `master3`, …).
+    pub more_masters: Vec<Master>,
+    /// Receives every master's notifications (`POST /hook`).
     pub webhook: Server,
+    opts: Options,
     db: Db,
     /// The test's temp dir (daemon logs, store, work roots).
     pub dir: tempfile::TempDir,
@@ -692,15 +777,21 @@ impl Cluster {
             return None;
         };
         let webhook = Server::start(|_| Response::ok("ok"));
-        let mut master = Master::new(dir.path(), &db, &opts, &webhook.url("/hook"));
+        let mut master = Master::new("master", dir.path(), &db, &opts, &webhook.url("/hook"));
         master.start();
         let mut cluster = Cluster {
             workers: Vec::new(),
             master,
+            more_masters: Vec::new(),
             webhook,
+            opts: opts.clone(),
             db,
             dir,
         };
+        for _ in 1..opts.masters {
+            let i = cluster.add_master();
+            cluster.master_mut(i).start();
+        }
         for _ in 0..opts.workers {
             cluster.add_worker(opts.max_procs);
         }
@@ -710,13 +801,73 @@ impl Cluster {
         Some(cluster)
     }
 
-    /// Adds and starts a worker (not waiting for its registration).
+    /// Adds another master on the cluster's store, with the same settings
+    /// and webhook, not started; returns its index for [`Cluster::master_at`]
+    /// (the first master is 0).
+    pub fn add_master(&mut self) -> usize {
+        let name = format!("master{}", self.more_masters.len() + 2);
+        let m = Master::new(
+            &name,
+            self.dir.path(),
+            &self.db,
+            &self.opts,
+            &self.webhook.url("/hook"),
+        );
+        self.more_masters.push(m);
+        self.more_masters.len()
+    }
+
+    /// How many masters the cluster has (started or not).
+    pub fn master_count(&self) -> usize {
+        1 + self.more_masters.len()
+    }
+
+    /// Master `i` (0 is [`Cluster::master`]).
+    pub fn master_at(&self, i: usize) -> &Master {
+        match i {
+            0 => &self.master,
+            i => &self.more_masters[i - 1],
+        }
+    }
+
+    /// Master `i`, to start or stop it.
+    pub fn master_mut(&mut self, i: usize) -> &mut Master {
+        match i {
+            0 => &mut self.master,
+            i => &mut self.more_masters[i - 1],
+        }
+    }
+
+    /// Every started master's URL (and those with a reserved address), in
+    /// order: the list workers get.
+    pub fn master_urls(&self) -> Vec<String> {
+        (0..self.master_count())
+            .map(|i| self.master_at(i))
+            .filter(|m| m.addr.is_some())
+            .map(Master::url)
+            .collect()
+    }
+
+    /// A client of master `i` with the API token.
+    pub fn api_at(&self, i: usize) -> Api {
+        self.master_at(i).api()
+    }
+
+    /// Adds and starts a worker given every master's URL (not waiting for
+    /// its registration).
     pub fn add_worker(&mut self, max_procs: u32) -> usize {
+        let masters = self.master_urls().join(",");
+        self.add_worker_with(max_procs, &masters)
+    }
+
+    /// Adds and starts a worker given `masters` as its `--master` (one URL
+    /// or a comma-separated list), not waiting for its registration.
+    pub fn add_worker_with(&mut self, max_procs: u32, masters: &str) -> usize {
         let name = format!("w{}", self.workers.len() + 1);
         let mut w = Worker::new(
             &name,
             self.dir.path(),
-            &self.master.url(),
+            masters,
             max_procs,
             &self.master.rust_log,
         );
@@ -732,7 +883,11 @@ impl Cluster {
 
     /// Waits until the master lists worker `i` as up.
     pub fn wait_host_up(&self, i: usize) {
-        let api = self.api();
+        self.wait_host_up_on(&self.api(), i);
+    }
+
+    /// Waits until the master behind `api` lists worker `i` as up.
+    pub fn wait_host_up_on(&self, api: &Api, i: usize) {
         let address = self.workers[i].address();
         wait_until(
             &format!("the master to list worker {address} as up"),
@@ -771,8 +926,22 @@ impl Cluster {
 
     /// `dadd` with `--master` and `--token` for this cluster.
     pub fn dadd(&self) -> Command {
+        self.dadd_with(&self.master.url())
+    }
+
+    /// `dadd` with `--master MASTERS` (one URL or a comma-separated list)
+    /// and `--token`.
+    pub fn dadd_with(&self, masters: &str) -> Command {
+        let mut cmd = self.dadd_token_only();
+        cmd.args(["--master", masters]);
+        cmd
+    }
+
+    /// `dadd` with `--token` only: the master comes from `DADD_MASTER_URL`
+    /// when the test sets it.
+    pub fn dadd_token_only(&self) -> Command {
         let mut cmd = clean_command(&bin("dadd"), "warn");
-        cmd.args(["--master", &self.master.url(), "--token", API_TOKEN]);
+        cmd.args(["--token", API_TOKEN]);
         cmd
     }
 
@@ -803,6 +972,9 @@ impl Cluster {
     /// Every daemon's log, for a failure message.
     pub fn logs(&self) -> String {
         let mut out = format!("--- master\n{}", self.master.logs());
+        for m in &self.more_masters {
+            out.push_str(&format!("--- {}\n{}", m.name, m.logs()));
+        }
         for w in &self.workers {
             out.push_str(&format!("--- worker {}\n{}", w.name, w.logs()));
         }
@@ -817,11 +989,14 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Workers and their runners, then the master; the schema last
+        // Workers and their runners, then the masters; the schema last
         // (fields drop in declaration order after this).
         self.workers.clear();
         if let Some(child) = self.master.child.take() {
             drop(child);
+        }
+        for m in &mut self.more_masters {
+            drop(m.child.take());
         }
     }
 }
