@@ -92,6 +92,12 @@ pub async fn retention(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if total > 0 {
             tracing::info!(pruned = total, days, "pruned old finished processes");
         }
+        // Delivered (or given up) notices of the same age go too.
+        match shared.store.prune_notices(cutoff, batch).await {
+            Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned old notices"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning old notices failed"),
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,

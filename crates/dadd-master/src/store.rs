@@ -109,12 +109,18 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Embedded migrations: (version, SQL) per backend.
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
-    (2, include_str!("../migrations/sqlite/0002_several_masters.sql")),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_several_masters.sql"),
+    ),
     (3, include_str!("../migrations/sqlite/0003_notices.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
-    (2, include_str!("../migrations/postgres/0002_several_masters.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_several_masters.sql"),
+    ),
     (3, include_str!("../migrations/postgres/0003_notices.sql")),
 ];
 
@@ -560,8 +566,9 @@ pub struct Store {
     pub(crate) read: AnyPool,
     pub(crate) write: AnyPool,
     backend: Backend,
-    /// SQLite: the lock file held while this master runs (one master per file).
-    lock: Option<Arc<std::fs::File>>,
+    /// SQLite: the lock file held while this master runs (one master per
+    /// file); taken out (so unlocked) at close.
+    lock: Option<Arc<std::sync::Mutex<Option<SqliteLock>>>>,
 }
 
 /// An argument of a query built at run time.
@@ -626,7 +633,9 @@ impl Store {
         self.write.close().await;
         self.read.close().await;
         if let Some(lock) = &self.lock {
-            let _ = lock.unlock();
+            if let Ok(mut held) = lock.lock() {
+                drop(held.take()); // dropping the flock releases it
+            }
         }
     }
 
@@ -1354,10 +1363,11 @@ impl Store {
     pub async fn prune(&self, cutoff: i64, batch: i64) -> Result<usize> {
         let mut tx = self.write.begin().await?;
         if self.backend == Backend::Postgres {
-            let row = sqlx::query("SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END")
-                .bind(RETENTION_LOCK)
-                .fetch_one(&mut *tx)
-                .await?;
+            let row =
+                sqlx::query("SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END")
+                    .bind(RETENTION_LOCK)
+                    .fetch_one(&mut *tx)
+                    .await?;
             if row.try_get::<i32, _>(0)? == 0 {
                 tx.rollback().await?;
                 return Ok(0);
@@ -1532,7 +1542,10 @@ fn sqlite_path(url: &str) -> Option<&str> {
 /// runs: a second master on the same file would dispatch the same queue
 /// without the row locks only Postgres has. The lock file names the holder's
 /// pid; the kernel drops the lock when the process ends, however it ends.
-fn lock_sqlite(url: &str) -> Result<Option<Arc<std::fs::File>>> {
+type SqliteLock = nix::fcntl::Flock<std::fs::File>;
+
+fn lock_sqlite(url: &str) -> Result<Option<Arc<std::sync::Mutex<Option<SqliteLock>>>>> {
+    use nix::fcntl::{Flock, FlockArg};
     use std::io::{Read, Seek, Write};
     let Some(path) = sqlite_path(url) else {
         return Ok(None);
@@ -1542,21 +1555,21 @@ fn lock_sqlite(url: &str) -> Result<Option<Arc<std::fs::File>>> {
         path: lock_path.clone(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&lock_path)
         .map_err(lock_err)?;
-    match file.try_lock() {
-        Ok(()) => {
-            file.set_len(0).map_err(lock_err)?;
-            file.rewind().map_err(lock_err)?;
-            writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
-            Ok(Some(Arc::new(file)))
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut held) => {
+            held.set_len(0).map_err(lock_err)?;
+            held.rewind().map_err(lock_err)?;
+            writeln!(held, "{}", std::process::id()).map_err(lock_err)?;
+            Ok(Some(Arc::new(std::sync::Mutex::new(Some(held)))))
         }
-        Err(std::fs::TryLockError::WouldBlock) => {
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim();
@@ -1569,7 +1582,7 @@ fn lock_sqlite(url: &str) -> Result<Option<Arc<std::fs::File>>> {
                 },
             })
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+        Err((_, e)) => Err(lock_err(std::io::Error::from(e))),
     }
 }
 

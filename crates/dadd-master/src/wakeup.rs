@@ -70,9 +70,7 @@ pub async fn run(shared: Arc<Shared>, url: String, mut stop: watch::Receiver<boo
 
 async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect(url).await?;
-    listener
-        .listen_all([WAKE_CHANNEL, NOTICE_CHANNEL])
-        .await?;
+    listener.listen_all([WAKE_CHANNEL, NOTICE_CHANNEL]).await?;
     Ok(listener)
 }
 

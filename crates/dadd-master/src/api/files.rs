@@ -230,7 +230,8 @@ pub async fn get(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> 
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             ApiError::NotFound(format!(
-                "file {rel:?} is recorded but missing on disk; upload it again"
+                "file {rel:?} is recorded in the store but missing from this master's {}: upload it again; with several masters, share that directory between them (docs/operations.md, \"Several masters\")",
+                root(&st).display()
             ))
         } else {
             io_err("open", &path, e)

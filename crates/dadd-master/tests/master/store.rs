@@ -134,7 +134,10 @@ async fn leases_are_taken_over_once(b: Backend) {
     };
     assert_eq!(s.claim(&[claim], 1000).await.expect("claim"), [p.id]);
     assert!(
-        s.expired_claims(4999, 10).await.expect("expired").is_empty(),
+        s.expired_claims(4999, 10)
+            .await
+            .expect("expired")
+            .is_empty(),
         "the lease runs"
     );
     let expired = s.expired_claims(5001, 10).await.expect("expired");
@@ -228,7 +231,10 @@ async fn a_second_sqlite_master_is_refused() {
         .expect_err("second refused")
         .to_string();
     assert!(err.contains("another dadd-master"), "{err}");
-    assert!(err.contains(&format!("(pid {})", std::process::id())), "{err}");
+    assert!(
+        err.contains(&format!("(pid {})", std::process::id())),
+        "{err}"
+    );
     assert!(err.contains("dadd.db") && err.contains("Postgres"), "{err}");
     first.close().await;
     let again = Store::connect(&url, &StoreConfig::default())
