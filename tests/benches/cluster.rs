@@ -12,16 +12,37 @@
 //!   runner start (`init → setup`), setup (`setup → running`) and run plus
 //!   delivery (`running → success`), to say where the time goes.
 //!
+//! Several masters on one Postgres (when `DADD_TEST_POSTGRES_URL` is set),
+//! for each count of masters in `DADD_BENCH_MASTERS` (`1,2,3`), one worker
+//! given every master's URL, `DADD_BENCH_MASTERS_N` (500) processes per
+//! phase, each client of a burst submitting to its own master in turn:
+//!
+//! - **queue**: the processes submitted while no worker is up (submissions
+//!   per second, spread over the masters);
+//! - **placement**: a worker with room for all of them starts; placements
+//!   per second is the count over the span from the first to the last
+//!   `init` (every master dispatching at once), then the time to all
+//!   `success`;
+//! - **burst**: the throughput measure above, submissions spread over the
+//!   masters, with the CPU of all masters together, on a fresh cluster
+//!   whose worker has `DADD_BENCH_MAX_PROCS` (after a warm-up of 50);
+//! - **latency**: `DADD_BENCH_MASTERS_PACED` (150) processes one every
+//!   `DADD_BENCH_PACE_MS`, submitted to the first master, then as many to
+//!   the last one; which master places a process is not controlled (any
+//!   master may win the dispatch round its submission wakes).
+//!
 //! Run: `cargo bench -p dadd-tests --bench cluster`. Settings (environment):
 //! `DADD_BENCH_N` (default 1000), `DADD_BENCH_CLIENTS` (8),
 //! `DADD_BENCH_MAX_PROCS` (64), `DADD_BENCH_PACED` (300 processes, one every
 //! `DADD_BENCH_PACE_MS` = 20 ms), `DADD_BENCH_SQLITE_SYNC` (`full`),
 //! `DADD_BENCH_RUST_LOG` (`info`, what an operator runs), `DADD_BENCH_STORE`
 //! (`sqlite` or `postgres`; both by default, Postgres when
-//! `DADD_TEST_POSTGRES_URL` is set, in a fresh schema dropped after).
+//! `DADD_TEST_POSTGRES_URL` is set, in a fresh schema dropped after),
+//! `DADD_BENCH_PART` (`single` for one master per store, `masters` for
+//! several on Postgres; both by default).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use dadd_spec::api::{ProcDetail, ProcId, ProcList};
 use dadd_spec::ProcState;
@@ -93,11 +114,16 @@ fn summary(mut values: Vec<f64>) -> String {
 /// Submits `n` specs from `clients` threads at once; returns the ids and
 /// each POST's round trip.
 fn burst(api: &Api, n: usize, clients: usize) -> (Vec<ProcId>, Vec<f64>) {
+    burst_over(std::slice::from_ref(api), n, clients)
+}
+
+/// [`burst`] over several masters: client `k` submits to `apis[k % len]`.
+fn burst_over(apis: &[Api], n: usize, clients: usize) -> (Vec<ProcId>, Vec<f64>) {
     let next = Arc::new(Mutex::new(0usize));
     let out = Arc::new(Mutex::new((Vec::new(), Vec::new())));
     let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let api = api.clone();
+        .map(|k| {
+            let api = apis[k % apis.len()].clone();
             let next = Arc::clone(&next);
             let out = Arc::clone(&out);
             std::thread::spawn(move || loop {
@@ -330,15 +356,7 @@ fn run(backend: Backend) {
     );
     stages(&all);
 
-    let mut ids = Vec::with_capacity(paced);
-    let start = Instant::now();
-    for i in 0..paced {
-        let due = start + pace * u32::try_from(i).expect("count fits");
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        ids.push(api.submit(&json!({"cmd": "true"})));
-    }
+    let ids = paced_submit(&api, paced, pace);
     wait_all_final(&api, Duration::from_secs(120));
     let all = details(&api, &ids, clients);
     println!(
@@ -348,12 +366,204 @@ fn run(backend: Backend) {
     stages(&all);
 }
 
+/// Submits `count` specs to `api`, one every `pace`; returns the ids.
+fn paced_submit(api: &Api, count: usize, pace: Duration) -> Vec<ProcId> {
+    let mut ids = Vec::with_capacity(count);
+    let start = Instant::now();
+    for i in 0..count {
+        let due = start + pace * u32::try_from(i).expect("count fits");
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        ids.push(api.submit(&json!({"cmd": "true"})));
+    }
+    ids
+}
+
+/// The master's-clock time of `state` in `p`'s history, µs since the epoch.
+fn at_micros(p: &ProcDetail, state: ProcState) -> i64 {
+    p.history
+        .iter()
+        .find(|h| h.state == state)
+        .unwrap_or_else(|| panic!("process {} has no {state} entry", p.summary.id))
+        .at
+        .timestamp_micros()
+}
+
+/// The span in seconds from the earliest `from` to the latest `to` over `all`.
+fn overall_span(all: &[ProcDetail], from: ProcState, to: ProcState) -> f64 {
+    let first = all
+        .iter()
+        .map(|p| at_micros(p, from))
+        .min()
+        .expect("processes");
+    let last = all
+        .iter()
+        .map(|p| at_micros(p, to))
+        .max()
+        .expect("processes");
+    (last - first) as f64 / 1e6
+}
+
+/// `masters` masters on one fresh Postgres schema and one worker given all
+/// their URLs: queue and placement (a worker with room for every process),
+/// then, on a fresh cluster whose worker has the single-master bench's
+/// `max_procs`, burst and latency (see the module doc).
+fn run_masters(masters: usize) {
+    let n: usize = setting("DADD_BENCH_MASTERS_N", 500);
+    let clients: usize = setting("DADD_BENCH_CLIENTS", 8);
+    let max_procs: u32 = setting("DADD_BENCH_MAX_PROCS", 64);
+    let paced: usize = setting("DADD_BENCH_MASTERS_PACED", 150);
+    let pace = Duration::from_millis(setting("DADD_BENCH_PACE_MS", 20));
+    let rust_log: String = setting("DADD_BENCH_RUST_LOG", "info".to_owned());
+    let opts = Options {
+        workers: 0,
+        masters,
+        host_ttl_secs: 30.0,
+        rust_log,
+        ..Options::default()
+    };
+    println!(
+        "Postgres, {masters} master(s), 1 worker given every master's URL (load average {})",
+        load_average()
+    );
+    {
+        let Some(mut cluster) = Cluster::start(Backend::Postgres, opts.clone()) else {
+            return;
+        };
+        let apis: Vec<Api> = (0..masters).map(|i| cluster.api_at(i)).collect();
+        // Queue: no worker yet.
+        let t0 = Instant::now();
+        let (ids, rtts) = burst_over(&apis, n, clients);
+        let queued_in = t0.elapsed().as_secs_f64();
+        let waiting = apis[0]
+            .request("GET", "/api/procs?state=queued&limit=1000", None)
+            .json::<ProcList>()
+            .procs
+            .len();
+        assert_eq!(waiting, n.min(1000), "every process waits for a worker");
+        println!(
+            "  queue: {n} submitted in {queued_in:.2} s = {:.0}/s by {clients} clients \
+             over {masters} master(s); POST {}",
+            n as f64 / queued_in,
+            summary(rtts)
+        );
+        // Placement: a worker with room for all of them.
+        let started = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_micros() as i64;
+        cluster.add_worker(u32::try_from(n).expect("count fits").max(1));
+        wait_all_final(&apis[0], Duration::from_secs(600));
+        let all = details(&apis[0], &ids, clients);
+        let first_init = all
+            .iter()
+            .map(|p| at_micros(p, ProcState::Init))
+            .min()
+            .expect("processes");
+        let placing = overall_span(&all, ProcState::Init, ProcState::Init);
+        let to_success = overall_span(&all, ProcState::Init, ProcState::Success);
+        println!(
+            "  placement (max_procs {n}): {n} placed in {placing:.2} s = {:.0} placements/s, \
+             the first {:.0} ms after the worker was started; all success {to_success:.2} s \
+             after the first placement = {:.0} processes/s",
+            n as f64 / placing,
+            (first_init - started) as f64 / 1000.0,
+            n as f64 / to_success
+        );
+    }
+
+    let Some(cluster) = Cluster::start(
+        Backend::Postgres,
+        Options {
+            workers: 1,
+            max_procs,
+            ..opts
+        },
+    ) else {
+        return;
+    };
+    let apis: Vec<Api> = (0..masters).map(|i| cluster.api_at(i)).collect();
+    let (warm, _) = burst_over(&apis, 50, clients);
+    wait_all_final(&apis[0], Duration::from_secs(120));
+    details(&apis[0], &warm, clients);
+
+    // Burst, with every master's CPU.
+    let pids: Vec<i32> = (0..masters).map(|i| cluster.master_at(i).pid()).collect();
+    let worker = cluster.workers[0].pid();
+    let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_secs(p)).sum::<f64>();
+    let (m0, w0, all0) = (cpu(&pids), cpu_secs(worker), machine_cpu_secs());
+    let t0 = Instant::now();
+    let (ids, rtts) = burst_over(&apis, n, clients);
+    wait_all_final(&apis[0], Duration::from_secs(600));
+    let wall = t0.elapsed().as_secs_f64();
+    let per = |a: f64, b: f64| (b - a) * 1000.0 / n as f64;
+    let (m, w, machine) = (
+        per(m0, cpu(&pids)),
+        per(w0, cpu_secs(worker)),
+        per(all0, machine_cpu_secs()),
+    );
+    let all = details(&apis[0], &ids, clients);
+    let span = overall_span(&all, ProcState::Queued, ProcState::Success);
+    println!(
+        "  burst (max_procs {max_procs}): {n} processes, every state recorded, in {span:.2} s \
+         (master clock) = {:.0} processes/s; all final after {wall:.2} s (wall)",
+        n as f64 / span
+    );
+    println!("    POST /api/procs round trip     {}", summary(rtts));
+    println!(
+        "    CPU per process: all masters {m:.2} ms, worker {w:.2} ms, whole machine {machine:.2} ms"
+    );
+    stages(&all);
+
+    // Latency through the first master, then through the last.
+    let through = if masters == 1 {
+        vec![(0, "the only")]
+    } else {
+        vec![(0, "the first"), (masters - 1, "the last")]
+    };
+    for (i, which) in through {
+        let ids = paced_submit(&apis[i], paced, pace);
+        wait_all_final(&apis[0], Duration::from_secs(120));
+        let all = details(&apis[0], &ids, clients);
+        println!(
+            "  latency: {paced} processes submitted to {which} master, one every {} ms",
+            pace.as_millis()
+        );
+        stages(&all);
+    }
+}
+
+/// The 1-minute load average, as `/proc/loadavg` says.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 fn main() {
     let only = std::env::var("DADD_BENCH_STORE").ok();
-    for (name, backend) in [("sqlite", Backend::Sqlite), ("postgres", Backend::Postgres)] {
-        if only.as_deref().is_some_and(|o| o != name) {
-            continue;
+    let part = std::env::var("DADD_BENCH_PART").ok();
+    if part.as_deref() != Some("masters") {
+        for (name, backend) in [("sqlite", Backend::Sqlite), ("postgres", Backend::Postgres)] {
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
+            run(backend);
         }
-        run(backend);
+    }
+    if part.as_deref() != Some("single") {
+        if std::env::var_os("DADD_TEST_POSTGRES_URL").is_none() {
+            println!("DADD_TEST_POSTGRES_URL is not set: several masters are not measured");
+            return;
+        }
+        let counts: String = setting("DADD_BENCH_MASTERS", "1,2,3".to_owned());
+        for m in counts.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let m: usize = m
+                .parse()
+                .unwrap_or_else(|_| panic!("DADD_BENCH_MASTERS: {m:?} is not a count"));
+            run_masters(m.max(1));
+        }
     }
 }

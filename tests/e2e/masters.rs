@@ -488,14 +488,17 @@ fn takeover_lines(log: &str, message: &str) -> BTreeSet<ProcId> {
         .collect()
 }
 
-// 3. A failure with two masters and a webhook on both: one notice each.
+// 3. With two masters and a webhook on both, each notice-worthy change
+//    is notified once: ten failures (submitted to both masters), and a
+//    process lost with its worker (both masters watch the hosts' TTL).
 #[test]
-fn a_failure_is_notified_once_with_two_masters() {
-    let Some(c) = Cluster::start(
+fn each_failure_and_loss_is_notified_once_with_two_masters() {
+    let Some(mut c) = Cluster::start(
         Backend::Postgres,
         Options {
             masters: 2,
-            workers: 1,
+            workers: 2,
+            host_ttl_secs: 2.0,
             ..Options::default()
         },
     ) else {
@@ -503,24 +506,37 @@ fn a_failure_is_notified_once_with_two_masters() {
     };
     let apis = [c.api_at(0), c.api_at(1)];
     let failing = json!({"cmd": ["sh", "-c", "exit 3"]});
-    let ids: Vec<ProcId> = (0..10).map(|i| apis[i % 2].submit(&failing)).collect();
-    for &id in &ids {
+    let failed: Vec<ProcId> = (0..10).map(|i| apis[i % 2].submit(&failing)).collect();
+    for &id in &failed {
         let p = apis[0].wait_final(id, LONG);
         assert_eq!(p.summary.state, ProcState::Failed, "{p:?}");
         assert_eq!(p.summary.exit_code, Some(3), "{p:?}");
     }
-    for &id in &ids {
+    // A process whose worker dies under it (its runner is reaped at the end).
+    let doomed = apis[1].submit(&json!({"cmd": "sleep 120"}));
+    let p = apis[0].wait_proc(doomed, "running", LONG, |p| {
+        p.summary.state == ProcState::Running || p.summary.state.is_final()
+    });
+    assert_eq!(p.summary.state, ProcState::Running, "{p:?}");
+    let w = c.worker_of(&p);
+    c.workers[w].kill9();
+    apis[0].wait_state(doomed, ProcState::Lost, LONG);
+    for &id in &failed {
         c.wait_notice(id, ProcState::Failed, LONG);
     }
+    c.wait_notice(doomed, ProcState::Lost, LONG);
     // A second notice would come from the other master's delivery loop
     // (retries back off 0.2 s here, ticks are sub-second): give it time.
     std::thread::sleep(Duration::from_secs(4));
     let notices = c.notices();
-    for &id in &ids {
-        let about: Vec<&Value> = notices
+    let about = |id: ProcId| -> Vec<&Value> {
+        notices
             .iter()
             .filter(|n| n.get("id").and_then(Value::as_i64) == Some(id))
-            .collect();
+            .collect()
+    };
+    for &id in &failed {
+        let about = about(id);
         assert_eq!(
             about.len(),
             1,
@@ -530,6 +546,14 @@ fn a_failure_is_notified_once_with_two_masters() {
         assert_eq!(about[0]["state"], json!("failed"), "{}", about[0]);
         assert_eq!(about[0]["exit_code"], json!(3), "{}", about[0]);
     }
+    let lost = about(doomed);
+    assert_eq!(
+        lost.len(),
+        1,
+        "the lost process was notified {} times: {lost:?}",
+        lost.len()
+    );
+    assert_eq!(lost[0]["state"], json!("lost"), "{}", lost[0]);
 }
 
 // 4. A worker given `A,B`: with A killed, it heartbeats to B, stays up
