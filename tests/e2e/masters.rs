@@ -2,10 +2,11 @@
 //! masters, workers given the masters' URL list, real runners and
 //! commands. What a user relies on: no process is started twice whichever
 //! master it was submitted to, a master killed mid-burst loses nothing (its
-//! claims are taken over after their lease), a failure is notified once
-//! however many masters run, and workers and `dadd` fail over to a master
-//! that answers. Plus the SQLite guard: a second master on the same SQLite
-//! file refuses to start.
+//! claims are taken over after their lease), a failure or a loss is
+//! notified once however many masters run, a process is killed through any
+//! master, and workers and `dadd` fail over to a master that answers. Plus
+//! the SQLite guard: a second master on the same SQLite file refuses to
+//! start.
 //!
 //! "Started once" is checked outside Dadd: every command appends its
 //! `DADD_PROCESS_ID` to one file in the test's temp dir as its first act.
@@ -554,6 +555,47 @@ fn each_failure_and_loss_is_notified_once_with_two_masters() {
         lost.len()
     );
     assert_eq!(lost[0]["state"], json!("lost"), "{}", lost[0]);
+}
+
+// 3b. A process placed through one master is stopped through the other:
+//     the kill goes to its worker, and its command's group is gone.
+#[test]
+fn a_process_is_killed_through_the_other_master() {
+    let Some(c) = Cluster::start(
+        Backend::Postgres,
+        Options {
+            masters: 2,
+            workers: 1,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let (a, b) = (c.api_at(0), c.api_at(1));
+    let id = a.submit(&json!({"cmd": "sh -c 'sleep 300 & sleep 300'"}));
+    let p = b.wait_proc(id, "running with a pid", LONG, |p| {
+        p.summary.state == ProcState::Running && p.summary.pid.is_some()
+            || p.summary.state.is_final()
+    });
+    assert_eq!(p.summary.state, ProcState::Running, "{p:?}");
+    let pgid = p.summary.pid.expect("a pid");
+    let ans = b.kill(id);
+    assert!(
+        ans.status == 202 || ans.status == 200,
+        "DELETE through the other master answered {}: {}",
+        ans.status,
+        ans.text()
+    );
+    let end = a.wait_final(id, LONG);
+    assert_eq!(
+        end.summary.state,
+        ProcState::Killed,
+        "{end:?}\n{}",
+        c.logs()
+    );
+    wait_until("the command's process group to be gone", LONG, || {
+        crate::support::procs::group_members(pgid).is_empty()
+    });
 }
 
 // 4. A worker given `A,B`: with A killed, it heartbeats to B, stays up
