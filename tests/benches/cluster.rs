@@ -423,10 +423,7 @@ fn run_masters(masters: usize) {
         rust_log,
         ..Options::default()
     };
-    println!(
-        "Postgres, {masters} master(s), 1 worker given every master's URL (load average {})",
-        load_average()
-    );
+    println!("Postgres, {masters} master(s), 1 worker given every master's URL");
     {
         let Some(mut cluster) = Cluster::start(Backend::Postgres, opts.clone()) else {
             return;
@@ -492,6 +489,7 @@ fn run_masters(masters: usize) {
     let pids: Vec<i32> = (0..masters).map(|i| cluster.master_at(i).pid()).collect();
     let worker = cluster.workers[0].pid();
     let cpu = |pids: &[i32]| pids.iter().map(|&p| cpu_secs(p)).sum::<f64>();
+    let each0: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
     let (m0, w0, all0) = (cpu(&pids), cpu_secs(worker), machine_cpu_secs());
     let t0 = Instant::now();
     let (ids, rtts) = burst_over(&apis, n, clients);
@@ -503,6 +501,11 @@ fn run_masters(masters: usize) {
         per(w0, cpu_secs(worker)),
         per(all0, machine_cpu_secs()),
     );
+    let each: Vec<String> = pids
+        .iter()
+        .zip(&each0)
+        .map(|(&p, &c0)| format!("{:.2}", per(c0, cpu_secs(p))))
+        .collect();
     let all = details(&apis[0], &ids, clients);
     let span = overall_span(&all, ProcState::Queued, ProcState::Success);
     println!(
@@ -512,7 +515,9 @@ fn run_masters(masters: usize) {
     );
     println!("    POST /api/procs round trip     {}", summary(rtts));
     println!(
-        "    CPU per process: all masters {m:.2} ms, worker {w:.2} ms, whole machine {machine:.2} ms"
+        "    CPU per process: all masters {m:.2} ms (each: {} ms), worker {w:.2} ms, \
+         whole machine {machine:.2} ms",
+        each.join(" / ")
     );
     stages(&all);
 
@@ -554,6 +559,10 @@ fn main() {
         }
     }
     if part.as_deref() != Some("single") {
+        println!(
+            "load average before the several-masters part: {}",
+            load_average()
+        );
         if std::env::var_os("DADD_TEST_POSTGRES_URL").is_none() {
             println!("DADD_TEST_POSTGRES_URL is not set: several masters are not measured");
             return;
