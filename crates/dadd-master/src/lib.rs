@@ -13,6 +13,7 @@ pub mod config;
 pub mod dashboard;
 pub mod dispatch;
 pub mod error;
+mod filestore;
 pub mod liveness;
 pub mod metrics;
 pub mod notify;

@@ -114,6 +114,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0002_several_masters.sql"),
     ),
     (3, include_str!("../migrations/sqlite/0003_notices.sql")),
+    (4, include_str!("../migrations/sqlite/0004_file_blobs.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -122,6 +123,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/postgres/0002_several_masters.sql"),
     ),
     (3, include_str!("../migrations/postgres/0003_notices.sql")),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_file_blobs.sql"),
+    ),
 ];
 
 /// States of a process placed on a host and not over yet.

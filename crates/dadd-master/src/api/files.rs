@@ -1,15 +1,26 @@
 //! The file store: `PUT|GET|DELETE /files/{path}` and `GET /files/`.
 //!
-//! Files live under `<state_dir>/files`; an upload is streamed to a temp file
-//! beside it (hashing as it goes) and renamed into place, so a reader never
-//! sees half a file. Paths are checked on the raw URL, decoded once by us, so
-//! no encoding trick can climb out of the store.
+//! Names, sizes and checksums are rows of the store's `files` table. The
+//! bytes depend on the database:
+//!
+//! - SQLite (one master): under `<state_dir>/files`; an upload is streamed to
+//!   a temp file beside it (hashing as it goes) and renamed into place, so a
+//!   reader never sees half a file.
+//! - Postgres (one or several masters): in the database, as chunks of a blob
+//!   (`crate::filestore`), so every master serves every file; an upload is
+//!   streamed into a fresh blob and the row switched to it at the end, so a
+//!   reader never sees half a file either. A row without a blob (uploaded
+//!   before the bytes moved into the database) is served from this master's
+//!   disk, as before.
+//!
+//! Paths are checked on the raw URL, decoded once by us, so no encoding trick
+//! can climb out of the store.
 
 use std::path::{Component, Path, PathBuf};
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use dadd_spec::api::FileEntry;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -18,7 +29,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{content_length, json, State};
 use crate::app::time;
 use crate::error::ApiError;
-use crate::store::{now_ms, FileRow};
+use crate::filestore::{Committed, CHUNK_BYTES};
+use crate::store::{now_ms, Backend, FileRow, Store};
+
+/// Blob chunks read from the store per step of a streamed download.
+const CHUNKS_PER_READ: i64 = 2;
 
 /// A path that cannot be a store path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,11 +107,12 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> ApiError {
     ))
 }
 
-/// `PUT /files/{path}`: stream to disk, answer the entry (sha256 as ETag).
+/// `PUT /files/{path}`: stream to the store (disk or database), answer the
+/// entry (sha256 as ETag).
 pub async fn put(
     st: State,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     st.auth.user(&req)?;
     let rel = path_of(&req)?;
@@ -104,7 +120,24 @@ pub async fn put(
     if content_length(&req).is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let root = root(&st);
+    let row = match st.store.backend() {
+        Backend::Postgres => put_db(&st, rel, payload, limit).await?,
+        Backend::Sqlite => put_disk(&st, rel, payload, limit).await?,
+    };
+    tracing::info!(path = %row.path, size = row.size, "file stored");
+    Ok(HttpResponse::Created()
+        .insert_header((header::ETAG, format!("\"{}\"", row.sha256)))
+        .json(entry(&row)))
+}
+
+/// Streams an upload to `<state_dir>/files` and records it.
+async fn put_disk(
+    st: &State,
+    rel: String,
+    mut payload: web::Payload,
+    limit: u64,
+) -> Result<FileRow, ApiError> {
+    let root = root(st);
     let dest = root.join(&rel);
     let tmp_dir = st.cfg.state_dir.join("files.tmp");
     for d in [&root, &tmp_dir] {
@@ -163,10 +196,118 @@ pub async fn put(
         modified: now_ms(),
     };
     st.store.put_file(&row).await?;
-    tracing::info!(path = %row.path, size, "file stored");
-    Ok(HttpResponse::Created()
-        .insert_header((header::ETAG, format!("\"{}\"", row.sha256)))
-        .json(entry(&row)))
+    Ok(row)
+}
+
+fn clash_err(rel: &str, other: &str) -> ApiError {
+    if rel.starts_with(&format!("{other}/")) {
+        ApiError::Conflict(format!("{rel}: a parent of this path is a file"))
+    } else {
+        ApiError::Conflict(format!("{rel} is a directory of the store"))
+    }
+}
+
+/// A blob being uploaded: dropped with its chunks unless the upload was
+/// committed (also when the request is dropped mid-upload).
+struct BlobGuard {
+    store: Store,
+    blob: String,
+    armed: bool,
+}
+
+impl BlobGuard {
+    /// Deletes the blob's chunks now.
+    async fn discard(mut self) {
+        self.armed = false;
+        if let Err(e) = self.store.drop_blob(&self.blob).await {
+            tracing::warn!(blob = %self.blob, error = %e, "cannot delete the chunks of a failed upload; the orphan pruning removes them later");
+        }
+    }
+}
+
+impl Drop for BlobGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // shutting down: the orphan pruning removes it later
+        };
+        let store = self.store.clone();
+        let blob = std::mem::take(&mut self.blob);
+        rt.spawn(async move {
+            if let Err(e) = store.drop_blob(&blob).await {
+                tracing::warn!(%blob, error = %e, "cannot delete the chunks of an abandoned upload; the orphan pruning removes them later");
+            }
+        });
+    }
+}
+
+/// Streams an upload into a fresh blob in the database, chunk by chunk
+/// (memory stays near one chunk), and points the file's row at it.
+async fn put_db(
+    st: &State,
+    rel: String,
+    mut payload: web::Payload,
+    limit: u64,
+) -> Result<FileRow, ApiError> {
+    if let Some(other) = st.store.file_path_clash(&rel).await? {
+        return Err(clash_err(&rel, &other));
+    }
+    let guard = BlobGuard {
+        store: st.store.clone(),
+        blob: crate::auth::mint_token(),
+        armed: true,
+    };
+    let result: Result<FileRow, ApiError> = async {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut seq = 0i64;
+        let mut buf = BytesMut::with_capacity(CHUNK_BYTES);
+        while let Some(part) = payload.next().await {
+            let part = part.map_err(|e| ApiError::bad(format!("cannot read the upload: {e}")))?;
+            size += part.len() as u64;
+            if size > limit {
+                return Err(ApiError::TooLarge { limit });
+            }
+            hasher.update(&part);
+            buf.extend_from_slice(&part);
+            while buf.len() >= CHUNK_BYTES {
+                let piece = buf.split_to(CHUNK_BYTES);
+                st.store.put_blob_chunk(&guard.blob, seq, &piece).await?;
+                seq += 1;
+            }
+        }
+        if !buf.is_empty() {
+            st.store.put_blob_chunk(&guard.blob, seq, &buf).await?;
+            seq += 1;
+        }
+        let row = FileRow {
+            path: rel.clone(),
+            size: size as i64,
+            sha256: hex::encode(hasher.finalize()),
+            modified: now_ms(),
+        };
+        match st.store.commit_blob(&row, &guard.blob, seq).await? {
+            Committed::Stored => Ok(row),
+            Committed::Clash(other) => Err(clash_err(&rel, &other)),
+            Committed::Incomplete { found } => Err(ApiError::Unavailable(format!(
+                "{rel}: the upload lost chunks while it was written ({found} of {seq} left; a stalled upload is pruned as an orphan): upload it again"
+            ))),
+        }
+    }
+    .await;
+    match result {
+        Ok(row) => {
+            let mut guard = guard;
+            guard.armed = false;
+            Ok(row)
+        }
+        Err(e) => {
+            guard.discard().await;
+            Err(e)
+        }
+    }
 }
 
 fn entry(r: &FileRow) -> FileEntry {
@@ -210,7 +351,7 @@ async fn may_read(st: &State, req: &HttpRequest) -> Result<(), ApiError> {
 pub async fn get(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     may_read(&st, &req).await?;
     let rel = path_of(&req)?;
-    let row = st.store.get_file(&rel).await?.ok_or_else(|| {
+    let (row, blob) = st.store.file_blob(&rel).await?.ok_or_else(|| {
         ApiError::NotFound(format!(
             "no file {rel:?} in the store (GET /files/ lists them)"
         ))
@@ -226,11 +367,26 @@ pub async fn get(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> 
             .insert_header((header::ETAG, etag))
             .finish());
     }
+    let ok = || {
+        let mut r = HttpResponse::Ok();
+        r.content_type("application/octet-stream")
+            .insert_header((header::ETAG, etag.clone()))
+            .insert_header((header::CONTENT_LENGTH, row.size.to_string()));
+        r
+    };
+    if let Some(blob) = blob {
+        let size = u64::try_from(row.size).unwrap_or(0);
+        return Ok(ok().streaming(blob_stream(st.store.clone(), blob, size)));
+    }
     let path = root(&st).join(&rel);
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
+            let fix = match st.store.backend() {
+                Backend::Postgres => "it was uploaded before the masters kept file bytes in the database, through another master: upload it again",
+                Backend::Sqlite => "upload it again",
+            };
             ApiError::NotFound(format!(
-                "file {rel:?} is recorded in the store but missing from this master's {}: upload it again; with several masters, share that directory between them (docs/operations.md, \"Several masters\")",
+                "file {rel:?} is recorded in the store but missing from this master's {}: {fix}",
                 root(&st).display()
             ))
         } else {
@@ -249,20 +405,80 @@ pub async fn get(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> 
             Err(e) => Some((Err(e), None)),
         }
     });
-    Ok(HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .insert_header((header::ETAG, etag))
-        .insert_header((header::CONTENT_LENGTH, row.size.to_string()))
-        .streaming(stream))
+    Ok(ok().streaming(stream))
 }
 
-/// `DELETE /files/{path}`.
+struct BlobCursor {
+    store: Store,
+    blob: String,
+    next: i64,
+    sent: u64,
+    size: u64,
+}
+
+fn changed(what: &str) -> actix_web::Error {
+    tracing::warn!("file download cut short: {what}");
+    ApiError::Conflict(format!(
+        "the file changed while it was being sent ({what}): download it again"
+    ))
+    .into()
+}
+
+/// Streams a blob's chunks in order, a few per read; a blob replaced or
+/// deleted meanwhile ends the answer with an error (never a short file).
+fn blob_stream(
+    store: Store,
+    blob: String,
+    size: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
+    let cur = BlobCursor {
+        store,
+        blob,
+        next: 0,
+        sent: 0,
+        size,
+    };
+    futures_util::stream::unfold(Some(cur), |c| async move {
+        let mut c = c?;
+        let chunks = match c.store.blob_chunks(&c.blob, c.next, CHUNKS_PER_READ).await {
+            Ok(ch) => ch,
+            Err(e) => return Some((Err(ApiError::from(e).into()), None)),
+        };
+        if chunks.is_empty() {
+            if c.sent == c.size {
+                return None;
+            }
+            return Some((Err(changed("chunks went missing")), None));
+        }
+        let mut out = BytesMut::new();
+        for (seq, data) in chunks {
+            if seq != c.next {
+                return Some((Err(changed("a chunk went missing")), None));
+            }
+            c.sent += data.len() as u64;
+            c.next += 1;
+            out.extend_from_slice(&data);
+        }
+        if c.sent > c.size {
+            return Some((Err(changed("longer than recorded")), None));
+        }
+        Some((Ok(out.freeze()), Some(c)))
+    })
+}
+
+/// `DELETE /files/{path}`: the row and the bytes.
 pub async fn delete(st: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     st.auth.user(&req)?;
     let rel = path_of(&req)?;
-    if !st.store.delete_file(&rel).await? {
+    let existed = match st.store.backend() {
+        Backend::Postgres => st.store.delete_file_blob(&rel).await?,
+        Backend::Sqlite => st.store.delete_file(&rel).await?,
+    };
+    if !existed {
         return Err(ApiError::NotFound(format!("no file {rel:?} in the store")));
     }
+    // Also a copy on this master's disk (SQLite, or a file uploaded to
+    // Postgres before its bytes moved into the database).
     let path = root(&st).join(&rel);
     match tokio::fs::remove_file(&path).await {
         Ok(()) => {}
