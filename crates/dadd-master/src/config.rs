@@ -339,7 +339,9 @@ pub struct RetentionConfig {
     /// Finished processes older than this many days are deleted with their
     /// history and log. Default: none (keep everything).
     pub days: Option<f64>,
-    /// How often the pruner runs, seconds. Default 3600.
+    /// How often the pruner runs, seconds; it also removes abandoned
+    /// uploads' chunks (Postgres file store), with or without `days`.
+    /// Default 3600.
     pub interval_secs: f64,
     /// Processes deleted per transaction. Default 200.
     pub batch: usize,

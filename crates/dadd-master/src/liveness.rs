@@ -1,5 +1,6 @@
 //! Host liveness and retention: background loops that turn silence into
-//! `down`/`lost`, and prune old finished processes in small batches.
+//! `down`/`lost`, and prune old finished processes in small batches (and
+//! abandoned uploads' chunks).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,47 +61,76 @@ pub async fn lose_all(
     Ok(())
 }
 
-/// Prunes finished processes older than `retention.days`, in batches.
+/// Abandoned uploads' chunks (Postgres file store) older than this go.
+const ORPHAN_BLOB_AGE_MS: i64 = 3_600_000;
+
+/// Every `retention.interval_secs`: prunes finished processes (with their
+/// notices) older than `retention.days`, when set, in small batches; and,
+/// always, the chunks of uploads abandoned over an hour ago.
 pub async fn retention(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let Some(days) = shared.cfg.retention.days else {
-        return;
-    };
     let every = secs(shared.cfg.retention.interval_secs).max(Duration::from_millis(10));
     let batch = shared.cfg.retention.batch.max(1) as i64;
     loop {
-        let cutoff = now_ms() - (days * 86_400_000.0) as i64;
-        let mut total = 0;
-        loop {
-            match shared.store.prune(cutoff, batch).await {
-                Ok(n) => {
-                    total += n;
-                    if (n as i64) < batch {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "retention pass failed");
-                    break;
-                }
-            }
-            // Small batches with a pause: the API keeps the store meanwhile.
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                _ = stop.changed() => return,
+        if let Some(days) = shared.cfg.retention.days {
+            let cutoff = now_ms() - (days * 86_400_000.0) as i64;
+            if !prune_processes(&shared, &mut stop, cutoff, batch, days).await {
+                return;
             }
         }
-        if total > 0 {
-            tracing::info!(pruned = total, days, "pruned old finished processes");
-        }
-        // Delivered (or given up) notices of the same age go too.
-        match shared.store.prune_notices(cutoff, batch).await {
-            Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned old notices"),
+        match shared
+            .store
+            .prune_orphan_blobs(now_ms() - ORPHAN_BLOB_AGE_MS, batch)
+            .await
+        {
+            Ok(n) if n > 0 => {
+                tracing::info!(chunks = n, "removed the chunks of abandoned uploads")
+            }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "pruning old notices failed"),
+            Err(e) => tracing::warn!(error = %e, "removing abandoned uploads failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
     }
+}
+
+/// One retention pass over processes and notices; false when stopped.
+async fn prune_processes(
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+    cutoff: i64,
+    batch: i64,
+    days: f64,
+) -> bool {
+    let mut total = 0;
+    loop {
+        match shared.store.prune(cutoff, batch).await {
+            Ok(n) => {
+                total += n;
+                if (n as i64) < batch {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention pass failed");
+                break;
+            }
+        }
+        // Small batches with a pause: the API keeps the store meanwhile.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.changed() => return false,
+        }
+    }
+    if total > 0 {
+        tracing::info!(pruned = total, days, "pruned old finished processes");
+    }
+    // Delivered (or given up) notices of the same age go too.
+    match shared.store.prune_notices(cutoff, batch).await {
+        Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned old notices"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "pruning old notices failed"),
+    }
+    true
 }
