@@ -384,10 +384,12 @@ pub struct ExpiredClaim {
     pub host_id: Option<i64>,
 }
 
-/// The advisory lock key of dispatch rounds ("dadd" + 1).
-const DISPATCH_LOCK: i64 = 0x6461_6464_0000_0001;
-/// The advisory lock key of retention passes.
-const RETENTION_LOCK: i64 = 0x6461_6464_0000_0002;
+/// Advisory locks are per database: the first key is the schema's (so
+/// stores in different schemas of one database never wait on each other),
+/// the second says which lock.
+const DISPATCH_LOCK: &str = "hashtext('dadd:' || current_schema()), 1";
+/// The retention pass's lock (see [`DISPATCH_LOCK`]).
+const RETENTION_LOCK: &str = "hashtext('dadd:' || current_schema()), 2";
 
 fn live_hosts_sql() -> String {
     format!(
@@ -890,8 +892,7 @@ impl Store {
     pub async fn dispatch_round(&self) -> Result<DispatchRound> {
         let mut tx = self.write.begin().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(DISPATCH_LOCK)
+            sqlx::query(&format!("SELECT pg_advisory_xact_lock({DISPATCH_LOCK})"))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -1368,11 +1369,11 @@ impl Store {
     pub async fn prune(&self, cutoff: i64, batch: i64) -> Result<usize> {
         let mut tx = self.write.begin().await?;
         if self.backend == Backend::Postgres {
-            let row =
-                sqlx::query("SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 1 ELSE 0 END")
-                    .bind(RETENTION_LOCK)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let row = sqlx::query(&format!(
+                "SELECT CASE WHEN pg_try_advisory_xact_lock({RETENTION_LOCK}) THEN 1 ELSE 0 END"
+            ))
+            .fetch_one(&mut *tx)
+            .await?;
             if row.try_get::<i32, _>(0)? == 0 {
                 tx.rollback().await?;
                 return Ok(0);
