@@ -4,9 +4,9 @@
 //! master it was submitted to, a master killed mid-burst loses nothing (its
 //! claims are taken over after their lease), a failure or a loss is
 //! notified once however many masters run, a process is killed through any
-//! master, and workers and `dadd` fail over to a master that answers. Plus
-//! the SQLite guard: a second master on the same SQLite file refuses to
-//! start.
+//! master, and workers, runners and `dadd` fail over to a master that
+//! answers when one is killed or hangs. Plus the SQLite guard: a second
+//! master on the same SQLite file refuses to start.
 //!
 //! "Started once" is checked outside Dadd: every command appends its
 //! `DADD_PROCESS_ID` to one file in the test's temp dir as its first act.
@@ -651,6 +651,165 @@ fn a_worker_fails_over_to_the_next_master() {
             .count(),
         1
     );
+}
+
+// 4b. A hung master (SIGSTOP: connections open, no answer) is left too:
+//     the worker's heartbeats time out and go to the next master before
+//     the TTL, and a runner placed by the hung master delivers its end to
+//     the next one (after its own call timeout).
+#[test]
+fn a_hung_master_is_left_for_the_next() {
+    let ttl = 10.0;
+    let Some(mut c) = Cluster::start(
+        Backend::Postgres,
+        Options {
+            masters: 1,
+            workers: 0,
+            host_ttl_secs: ttl,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let b = c.add_master();
+    c.master_mut(b).reserve_address();
+    let list = c.master_urls().join(",");
+    let w = c.add_worker_with(4, &list);
+    c.wait_host_up(w);
+    // Placed by A, the only master yet: its runner reports to A.
+    let gate = c.dir.path().join("gate");
+    let id = c.api().submit(&json!({
+        "cmd": ["sh", "-c",
+            "echo started; i=0; while [ ! -e \"$1\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; echo finished",
+            "sh", gate.display().to_string()],
+    }));
+    c.api().wait_state(id, ProcState::Running, LONG);
+    c.master_mut(b).start();
+    let b_api = c.api_at(b);
+    let address = c.workers[w].address();
+    c.master.signal(Signal::SIGSTOP);
+    let hung = Instant::now();
+    std::fs::write(&gate, b"go").expect("open the gate");
+    while hung.elapsed() < Duration::from_secs_f64(1.5 * ttl) {
+        let h = host(&b_api, &address);
+        assert_eq!(
+            h.status,
+            HostStatus::Up,
+            "{:?} after the master hung, the worker is {h:?}\n{}",
+            hung.elapsed(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let end = b_api.wait_final(id, LONG);
+    eprintln!(
+        "the process placed by the hung master ended {:?} after it hung",
+        hung.elapsed()
+    );
+    assert_eq!(
+        end.summary.state,
+        ProcState::Success,
+        "{end:?}\n{}",
+        c.logs()
+    );
+    let log = b_api.log(id);
+    assert_eq!(log.lines().filter(|l| *l == "finished").count(), 1, "{log}");
+    let id = b_api.submit(&json!({"cmd": "echo ran while a master hung"}));
+    let p = b_api.wait_final(id, LONG);
+    assert_eq!(p.summary.state, ProcState::Success, "{p:?}");
+    assert_eq!(p.summary.host.as_deref(), Some(address.as_str()));
+}
+
+// 4c. A master that hangs inside a dispatch round (frozen, or cut off
+//     from the database with its connection still open) holds the
+//     cluster-wide dispatch lock: the other masters must still place work.
+//     Made deterministic: a psql session holds the lock for 3 s while both
+//     masters' rounds wait on it; A is frozen meanwhile, so its waiting
+//     round gets the lock when psql lets go and keeps it.
+#[test]
+fn a_master_hung_in_a_dispatch_round_does_not_stop_dispatch() {
+    let Some(c) = Cluster::start(
+        Backend::Postgres,
+        Options {
+            masters: 2,
+            workers: 1,
+            host_ttl_secs: 30.0,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let b = c.api_at(1);
+    let holder = std::process::Command::new("psql")
+        .args([
+            c.database_url(),
+            "-q",
+            "-c",
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('dadd:' || current_schema()), 1); \
+             SELECT pg_sleep(3); COMMIT;",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("psql starts");
+    let mut holder = crate::support::ChildGuard::new(holder);
+    // Both masters' rounds (every 0.5 s) are waiting on the lock.
+    wait_until("both masters to wait for the dispatch lock", LONG, || {
+        waiting_for_advisory_locks(c.database_url()) >= 2
+    });
+    c.master.signal(Signal::SIGSTOP);
+    assert!(holder.wait(LONG).success(), "psql held the lock");
+    let id = b.submit(&json!({"cmd": "echo placed while a master hangs"}));
+    let since = Instant::now();
+    while b.proc(id).summary.state == ProcState::Queued {
+        assert!(
+            since.elapsed() < LONG,
+            "process {id} is still queued {LONG:?} after its submission to the master that \
+             answers; the dispatch lock's sessions (the frozen master's is idle in transaction):\n{}",
+            advisory_lock_sessions(c.database_url())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let end = b.wait_final(id, LONG);
+    assert_eq!(end.summary.state, ProcState::Success, "{end:?}");
+    c.master.signal(Signal::SIGCONT);
+}
+
+/// The sessions holding or waiting for an advisory lock in the test's
+/// database: state, granted, time in the transaction, last statement.
+fn advisory_lock_sessions(url: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            url,
+            "-q",
+            "-c",
+            "SELECT a.pid, a.state, l.granted, now() - a.xact_start AS in_transaction, \
+             left(a.query, 60) AS last_statement FROM pg_locks l \
+             JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("psql runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How many sessions wait for an advisory lock in the test's database.
+fn waiting_for_advisory_locks(url: &str) -> usize {
+    let out = std::process::Command::new("psql")
+        .args([
+            url,
+            "-Atq",
+            "-c",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("psql runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 // 5. `dadd --master A,B` (and `DADD_MASTER_URL=A,B`) with A killed:

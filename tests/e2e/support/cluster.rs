@@ -536,6 +536,15 @@ webhook_timeout_secs = 5.0
         self.child.is_some()
     }
 
+    /// Sends `sig` to it (`SIGSTOP` makes a hung master: it accepts
+    /// connections and answers nothing until `SIGCONT`).
+    pub fn signal(&self, sig: Signal) {
+        self.child
+            .as_ref()
+            .expect("the master is running")
+            .signal(sig);
+    }
+
     /// Its base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr.expect("the master has started"))
