@@ -393,6 +393,12 @@ pub struct StoreConfig {
     pub acquire_timeout_secs: f64,
     /// SQLite only: `full` or `normal` durability of commits. Default `full`.
     pub sqlite_synchronous: SqliteSync,
+    /// Postgres only: the server ends a session of this master that stays
+    /// idle inside a transaction this long (`idle_in_transaction_session_timeout`),
+    /// so a master frozen or cut off in the middle of one (holding the
+    /// dispatch lock or row locks) cannot stall the other masters for
+    /// longer, seconds; 0 = never. Default 10.
+    pub pg_idle_transaction_timeout_secs: f64,
 }
 
 impl Default for StoreConfig {
@@ -401,6 +407,7 @@ impl Default for StoreConfig {
             max_connections: 8,
             acquire_timeout_secs: 5.0,
             sqlite_synchronous: SqliteSync::Full,
+            pg_idle_transaction_timeout_secs: 10.0,
         }
     }
 }

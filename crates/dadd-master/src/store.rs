@@ -612,9 +612,22 @@ impl Store {
                 }
             }
             Backend::Postgres => {
+                // A master frozen inside a transaction (SIGSTOP, a paused
+                // VM, a cut network) would keep its locks, the dispatch lock
+                // among them, for as long as its connection lives: the
+                // server ends such a session after this long.
+                let idle_ms = secs(cfg.pg_idle_transaction_timeout_secs).as_millis();
+                let set_idle = format!("SET idle_in_transaction_session_timeout = {idle_ms}");
                 let pool = AnyPoolOptions::new()
                     .max_connections(cfg.max_connections.max(2))
                     .acquire_timeout(acquire)
+                    .after_connect(move |conn, _| {
+                        let set_idle = set_idle.clone();
+                        Box::pin(async move {
+                            conn.execute(set_idle.as_str()).await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await?;
                 Store {
