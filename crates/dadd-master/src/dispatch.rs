@@ -236,7 +236,7 @@ impl Dispatcher {
         let client = Rc::clone(&self.client);
         let backoff = Rc::clone(&self.backoff);
         actix_rt::spawn(async move {
-            place(&shared, &client, &backoff, q, host, token).await;
+            call_worker(&shared, &client, &backoff, q, host, token, Attempt::First).await;
             drop(permit);
         });
     }
@@ -292,7 +292,8 @@ impl Dispatcher {
         let client = Rc::clone(&self.client);
         let backoff = Rc::clone(&self.backoff);
         actix_rt::spawn(async move {
-            resend(&shared, &client, &backoff, claim.proc, host, token, hash).await;
+            let again = Attempt::Again { hash };
+            call_worker(&shared, &client, &backoff, claim.proc, host, token, again).await;
             drop(permit);
         });
         Ok(())
@@ -339,54 +340,39 @@ async fn requeue(shared: &Shared, id: i64, host: &HostRow) {
     }
 }
 
-/// Calls the worker for one claimed process; what a failure means is in
-/// the module doc.
-async fn place(
-    shared: &Shared,
-    client: &awc::Client,
-    backoff: &Backoff,
-    q: QueuedProc,
-    host: HostRow,
-    token: String,
-) {
-    let envelope = envelope(shared, &q, token);
-    let secret = shared.cfg.auth.cluster_secret.as_deref();
-    match crate::workers::run(client, &host.url(), secret, &envelope).await {
-        Ok(_) => {
-            let latency = (now_ms() - q.created_at).max(0) as f64 / 1000.0;
-            shared.metrics.observe_dispatch(latency);
-            tracing::debug!(proc = q.id, host = %host.address(), "placed");
-        }
-        Err(e) if not_started(&e) => {
-            back_off(shared, backoff, &host);
-            tracing::warn!(proc = q.id, host = %host.address(), error = %e, "placement failed; the process goes back to the queue");
-            requeue(shared, q.id, &host).await;
-        }
-        Err(e) => {
-            back_off(shared, backoff, &host);
-            tracing::warn!(proc = q.id, host = %host.address(), error = %e, "no answer from the worker: it may have started the process, so it is asked again rather than placed elsewhere");
-            if let Err(e) = shared.store.expire_claim(q.id, now_ms()).await {
-                tracing::error!(proc = q.id, error = %e, "cannot cut the claim short; it is retried when its lease ends");
-            }
-        }
-    }
+/// Which call to a worker this is.
+enum Attempt {
+    /// The first, right after the claim.
+    First,
+    /// Again after the claim's lease ran out, with a fresh token whose hash
+    /// this is.
+    Again { hash: String },
 }
 
-/// Sends an expired claim's envelope again, to the same worker.
-async fn resend(
+/// Calls the worker for one claimed process; what a failure means is in
+/// the module doc.
+async fn call_worker(
     shared: &Shared,
     client: &awc::Client,
     backoff: &Backoff,
     q: QueuedProc,
     host: HostRow,
     token: String,
-    hash: String,
+    attempt: Attempt,
 ) {
     let id = q.id;
     let envelope = envelope(shared, &q, token);
     let secret = shared.cfg.auth.cluster_secret.as_deref();
-    match crate::workers::run(client, &host.url(), secret, &envelope).await {
-        Ok(status) => {
+    match (
+        crate::workers::run(client, &host.url(), secret, &envelope).await,
+        attempt,
+    ) {
+        (Ok(_), Attempt::First) => {
+            let latency = (now_ms() - q.created_at).max(0) as f64 / 1000.0;
+            shared.metrics.observe_dispatch(latency);
+            tracing::debug!(proc = id, host = %host.address(), "placed");
+        }
+        (Ok(status), Attempt::Again { hash }) => {
             // 201: started now, with the token just sent; 200: its runner
             // was there already and keeps the token it has.
             let started = status == StatusCode::CREATED;
@@ -397,12 +383,19 @@ async fn resend(
                 }
             }
         }
-        Err(e) if not_started(&e) => {
+        (Err(e), _) if not_started(&e) => {
             back_off(shared, backoff, &host);
             tracing::warn!(proc = id, host = %host.address(), error = %e, "the worker does not have the process: it goes back to the queue");
             requeue(shared, id, &host).await;
         }
-        Err(e) => {
+        (Err(e), Attempt::First) => {
+            back_off(shared, backoff, &host);
+            tracing::warn!(proc = id, host = %host.address(), error = %e, "no answer from the worker: it may have started the process, so it is asked again rather than placed elsewhere");
+            if let Err(e) = shared.store.expire_claim(id, now_ms()).await {
+                tracing::error!(proc = id, error = %e, "cannot cut the claim short; it is retried when its lease ends");
+            }
+        }
+        (Err(e), Attempt::Again { .. }) => {
             back_off(shared, backoff, &host);
             tracing::warn!(proc = id, host = %host.address(), error = %e, "no answer from the worker: asked again when the lease ends (the host's liveness decides if it is gone)");
         }
