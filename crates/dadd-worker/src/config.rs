@@ -49,6 +49,10 @@ pub struct Config {
     pub heartbeat_max_backoff_secs: f64,
     /// Seconds a runner gets to daemonize and print its pid. Default 10.
     pub runner_start_deadline_secs: f64,
+    /// Seconds between scans of the work root for results a runner could
+    /// not deliver (its masters down past its report deadline), which the
+    /// worker then delivers itself. Default 30.
+    pub redeliver_interval_secs: f64,
     /// A PEM file of CA certificates for an https master. Default: the public web roots.
     pub master_ca_file: Option<PathBuf>,
     /// `text` or `json` logs on stderr. Default `text`.
@@ -71,6 +75,7 @@ impl Default for Config {
             heartbeat_interval_secs: 2.0,
             heartbeat_max_backoff_secs: 10.0,
             runner_start_deadline_secs: 10.0,
+            redeliver_interval_secs: 30.0,
             master_ca_file: None,
             log_format: LogFormat::Text,
             tls: TlsConfig::default(),
@@ -288,6 +293,7 @@ impl Config {
                 "runner_start_deadline_secs",
                 self.runner_start_deadline_secs,
             ),
+            ("redeliver_interval_secs", self.redeliver_interval_secs),
         ] {
             if !(v.is_finite() && v > 0.0 && v < 86_400.0) {
                 return bad(format!(
@@ -354,6 +360,11 @@ impl Config {
         Duration::from_secs_f64(self.runner_start_deadline_secs)
     }
 
+    /// How often undelivered results are looked for and delivered.
+    pub fn redeliver_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.redeliver_interval_secs)
+    }
+
     /// `max_procs`, or the number of CPUs.
     pub fn max_procs(&self) -> u32 {
         self.max_procs.unwrap_or_else(|| {
@@ -399,6 +410,7 @@ mod tests {
         assert_eq!(c.bind.to_string(), "127.0.0.1:6000");
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(2));
         assert_eq!(c.runner_start_deadline(), Duration::from_secs(10));
+        assert_eq!(c.redeliver_interval(), Duration::from_secs(30));
         assert!(c.max_procs() >= 1);
     }
 

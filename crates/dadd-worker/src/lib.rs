@@ -8,6 +8,10 @@
 //! stops answering, and passes the list on to each runner it starts
 //! (`fallback_urls` of the run envelope).
 //!
+//! Results a runner could not deliver (every master down past its
+//! `--report-deadline`, or the runner killed while delivering) are
+//! delivered by the worker once a master answers again ([`redeliver`]).
+//!
 //! Architecture invariant: the work root is the worker's only state. A
 //! worker can be restarted or `kill -9`ed at any time; its runners are in
 //! their own sessions and never notice, and the next worker scans the work
@@ -22,6 +26,7 @@ pub mod config;
 mod heartbeat;
 mod http;
 pub mod procfs;
+pub mod redeliver;
 pub mod runners;
 pub mod spawn;
 pub mod tls;
@@ -78,6 +83,7 @@ pub struct Worker {
     server: actix_web::dev::ServerHandle,
     server_task: actix_rt::task::JoinHandle<std::io::Result<()>>,
     heartbeat: actix_rt::task::JoinHandle<()>,
+    redeliver: actix_rt::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -105,10 +111,11 @@ impl Worker {
         &self.work_root
     }
 
-    /// Stops heartbeats and the API, letting requests in flight finish.
+    /// Stops heartbeats, redelivery and the API, letting requests in flight finish.
     /// Runners are never touched.
     pub async fn stop(self) {
         self.heartbeat.abort();
+        self.redeliver.abort();
         self.server.stop(true).await;
         let _ = self.server_task.await;
     }
@@ -226,6 +233,14 @@ pub async fn start(config: Config) -> Result<Worker, StartError> {
         config.heartbeat_interval(),
         config.heartbeat_max_backoff(),
     ));
+    let redeliver = actix_rt::spawn(
+        redeliver::Redeliverer::new(
+            work_root.clone(),
+            config.master_urls(),
+            config.master_ca_file.clone(),
+        )
+        .run(config.redeliver_interval()),
+    );
     Ok(Worker {
         addr,
         scheme,
@@ -233,6 +248,7 @@ pub async fn start(config: Config) -> Result<Worker, StartError> {
         server: handle,
         server_task,
         heartbeat,
+        redeliver,
     })
 }
 

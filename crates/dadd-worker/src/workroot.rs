@@ -56,7 +56,7 @@ impl Entry {
         if !meta.is_dir() {
             return None;
         }
-        let record: Option<RunnerRecord> = std::fs::read(dir.join("state.json"))
+        let record: Option<RunnerRecord> = std::fs::read(dir.join(RECORD))
             .ok()
             .and_then(|text| serde_json::from_slice(&text).ok());
         let pid_file = std::fs::read_to_string(dir.join("pid"))
@@ -232,6 +232,28 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), std::io::Error> {
     f.sync_all()
 }
 
+/// The runner's record's file name in a working dir.
+pub const RECORD: &str = "state.json";
+
+/// Rewrites `dir`'s `state.json` with `record` the way the runner does:
+/// `state.json.partial` (mode 0644), fsync, rename, fsync of the dir, so a
+/// crash at any moment leaves the old record or the new one.
+pub fn write_record(dir: &Path, record: &RunnerRecord) -> Result<(), std::io::Error> {
+    let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    let partial = dir.join(format!("{RECORD}.partial"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&partial)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&partial, dir.join(RECORD))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Process ids an entry list holds, with whether each entry counts against
 /// `max_procs` (alive, or still starting).
 pub fn occupied(entries: &[Entry], start_deadline: std::time::Duration) -> Vec<ProcId> {
@@ -316,6 +338,20 @@ mod tests {
             all[2].to_worker_proc(false).is_none(),
             "nothing to list yet"
         );
+    }
+
+    #[test]
+    fn a_rewritten_record_replaces_the_old_one_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = record(1, None, Delivery::Undelivered);
+        write_record(dir.path(), &r).expect("write");
+        r.delivery = Delivery::Delivered;
+        write_record(dir.path(), &r).expect("rewrite");
+        let back: RunnerRecord =
+            serde_json::from_slice(&std::fs::read(dir.path().join(RECORD)).expect("read"))
+                .expect("parse");
+        assert_eq!(back, r);
+        assert!(!dir.path().join("state.json.partial").exists());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod api;
 mod failover;
 mod real_runner;
+mod redeliver;
 mod restart;
 mod support;
 mod tls;

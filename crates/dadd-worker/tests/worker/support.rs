@@ -28,6 +28,30 @@ pub(crate) struct Recorded {
     pub(crate) beats: Vec<Beat>,
     pub(crate) reports: Vec<(i64, StateReport)>,
     pub(crate) logs: HashMap<i64, Vec<u8>>,
+    /// Every log chunk as received: process id, offset, length.
+    pub(crate) chunks: Vec<(i64, u64, usize)>,
+    /// The `Authorization` header of every call about a process.
+    pub(crate) proc_auths: Vec<(i64, Option<String>)>,
+    /// When set, every call about a process is answered with this status.
+    pub(crate) refuse_procs: Option<u16>,
+    /// Calls answered with `refuse_procs`.
+    pub(crate) refused: usize,
+}
+
+fn auth_of(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Records a call about process `id`; answers the refusal to send, if any.
+fn proc_call(seen: &mut Recorded, id: i64, req: &HttpRequest) -> Option<HttpResponse> {
+    seen.proc_auths.push((id, auth_of(req)));
+    let status = seen.refuse_procs?;
+    seen.refused += 1;
+    let status = actix_web::http::StatusCode::from_u16(status).expect("a status");
+    Some(HttpResponse::build(status).json(serde_json::json!({"error": "refused by the test"})))
 }
 
 /// A master that records what workers and runners send it.
@@ -46,7 +70,17 @@ impl FakeMaster {
 
     /// Starts with TLS on the listener.
     pub(crate) async fn start_with(addr: &str, tls: Option<rustls::ServerConfig>) -> FakeMaster {
-        let seen = Arc::new(Mutex::new(Recorded::default()));
+        Self::start_seeded(addr, tls, Recorded::default()).await
+    }
+
+    /// Starts holding `seen` already (a log part, a refusal), so that no
+    /// call finds it without.
+    pub(crate) async fn start_seeded(
+        addr: &str,
+        tls: Option<rustls::ServerConfig>,
+        seen: Recorded,
+    ) -> FakeMaster {
+        let seen = Arc::new(Mutex::new(seen));
         let data = web::Data::new(seen.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -138,10 +172,14 @@ async fn hosts(
 
 async fn state(
     seen: web::Data<Arc<Mutex<Recorded>>>,
+    req: HttpRequest,
     path: web::Path<i64>,
     report: web::Json<StateReport>,
 ) -> HttpResponse {
     let id = path.into_inner();
+    if let Some(refusal) = proc_call(&mut seen.lock().expect("lock"), id, &req) {
+        return refusal;
+    }
     let report = report.into_inner();
     let body = serde_json::json!({
         "id": id,
@@ -160,12 +198,18 @@ struct Offset {
 
 async fn log_chunk(
     seen: web::Data<Arc<Mutex<Recorded>>>,
+    req: HttpRequest,
     path: web::Path<i64>,
     q: web::Query<Offset>,
     body: web::Bytes,
 ) -> HttpResponse {
+    let id = path.into_inner();
     let mut seen = seen.lock().expect("lock");
-    let log = seen.logs.entry(path.into_inner()).or_default();
+    if let Some(refusal) = proc_call(&mut seen, id, &req) {
+        return refusal;
+    }
+    seen.chunks.push((id, q.offset, body.len()));
+    let log = seen.logs.entry(id).or_default();
     let offset = usize::try_from(q.offset).expect("offset fits");
     if offset > log.len() {
         return HttpResponse::Conflict().json(serde_json::json!({
