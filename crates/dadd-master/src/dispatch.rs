@@ -10,9 +10,10 @@
 //! so several masters never book a host twice over.
 //!
 //! What a failed call means decides what happens next:
-//! - the worker refused (it answered an error) or could not be connected
-//!   to: it does not have the process, which goes back to the queue, and
-//!   the host is skipped for a short backoff;
+//! - the worker refused (it answered an error; it answers a process it has
+//!   with that process's runner), or the first call could not connect: it
+//!   does not have the process, which goes back to the queue, and the host
+//!   is skipped for a short backoff;
 //! - no answer after the request went out (a timeout, a dropped
 //!   connection): the worker may have started it, so the claim stays and its
 //!   lease is cut short; the takeover below sends the envelope again to the
@@ -20,7 +21,10 @@
 //!
 //! Takeover: a process still `init` past its claim's lease (its master died
 //! between claiming and hearing from the worker, or got no answer) is sent
-//! again to the same worker by whichever master gets to it first.
+//! again to the same worker by whichever master gets to it first. A worker
+//! that cannot be connected to then keeps it (an earlier call may have
+//! reached it before it went down): asked again after the next lease, or
+//! `lost` with its host when the host's TTL runs out.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -311,9 +315,12 @@ fn envelope(shared: &Shared, q: &QueuedProc, token: String) -> RunEnvelope {
 }
 
 /// Whether a failed call proves the worker does not have the process.
-fn not_started(e: &CallError) -> bool {
+fn not_started(e: &CallError, attempt: &Attempt) -> bool {
     match e {
-        CallError::Unreachable { .. } => true,
+        // No connection proves nothing was sent this time; only the first
+        // call has no earlier one that may have got through (to a worker
+        // since gone down, whose runner may be running).
+        CallError::Unreachable { .. } => matches!(attempt, Attempt::First),
         // 409: it ran there already (its result is on the way or kept on
         // the worker): never start it elsewhere.
         CallError::Status { status, .. } => *status != StatusCode::CONFLICT,
@@ -363,10 +370,8 @@ async fn call_worker(
     let id = q.id;
     let envelope = envelope(shared, &q, token);
     let secret = shared.cfg.auth.cluster_secret.as_deref();
-    match (
-        crate::workers::run(client, &host.url(), secret, &envelope).await,
-        attempt,
-    ) {
+    let answer = crate::workers::run(client, &host.url(), secret, &envelope).await;
+    match (answer, attempt) {
         (Ok(_), Attempt::First) => {
             let latency = (now_ms() - q.created_at).max(0) as f64 / 1000.0;
             shared.metrics.observe_dispatch(latency);
@@ -383,7 +388,7 @@ async fn call_worker(
                 }
             }
         }
-        (Err(e), _) if not_started(&e) => {
+        (Err(e), ref attempt) if not_started(&e, attempt) => {
             back_off(shared, backoff, &host);
             tracing::warn!(proc = id, host = %host.address(), error = %e, "the worker does not have the process: it goes back to the queue");
             requeue(shared, id, &host).await;
@@ -448,23 +453,35 @@ mod tests {
     #[test]
     fn only_proofs_of_absence_requeue() {
         let url = "http://w".to_owned();
-        assert!(not_started(&CallError::Unreachable {
+        let first = Attempt::First;
+        let again = Attempt::Again {
+            hash: String::new(),
+        };
+        let refused = CallError::Unreachable {
             url: url.clone(),
-            message: "refused".into()
-        }));
-        assert!(not_started(&CallError::Status {
+            message: "refused".into(),
+        };
+        assert!(not_started(&refused, &first));
+        assert!(
+            !not_started(&refused, &again),
+            "an earlier call may have reached a worker now down"
+        );
+        let full = CallError::Status {
             url: url.clone(),
             status: StatusCode::SERVICE_UNAVAILABLE,
-            body: String::new()
-        }));
-        assert!(!not_started(&CallError::Status {
+            body: String::new(),
+        };
+        assert!(not_started(&full, &first) && not_started(&full, &again));
+        let ran = CallError::Status {
             url: url.clone(),
             status: StatusCode::CONFLICT,
-            body: String::new()
-        }));
-        assert!(!not_started(&CallError::NoAnswer {
+            body: String::new(),
+        };
+        assert!(!not_started(&ran, &first) && !not_started(&ran, &again));
+        let timeout = CallError::NoAnswer {
             url,
-            message: "timeout".into()
-        }));
+            message: "timeout".into(),
+        };
+        assert!(!not_started(&timeout, &first) && !not_started(&timeout, &again));
     }
 }
