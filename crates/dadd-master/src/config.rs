@@ -179,7 +179,7 @@ impl Default for LimitsConfig {
         Self {
             spec_bytes: 1 << 20,
             json_bytes: 256 << 10,
-            log_chunk_bytes: 1 << 20,
+            log_chunk_bytes: dadd_spec::api::LOG_CHUNK_BYTES as usize,
             log_cap_bytes: 64 << 20,
             log_upload_bytes: 1 << 30,
             file_bytes: 1 << 30,

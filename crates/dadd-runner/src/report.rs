@@ -42,7 +42,7 @@ use crate::outlog::diag;
 use crate::signals::{Event, Signals};
 
 /// The most bytes sent in one log chunk (the master's limit).
-pub const MAX_CHUNK: u64 = 1 << 20;
+pub const MAX_CHUNK: u64 = dadd_spec::api::LOG_CHUNK_BYTES;
 /// How often new log bytes are shipped while the command runs.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// The first retry delay; it doubles up to [`MAX_BACKOFF`].

@@ -10,6 +10,11 @@ use serde_json::Value;
 
 use crate::state::ProcState;
 
+/// The most log bytes one `PUT /api/procs/{id}/logfile` chunk carries (the
+/// master's default `limits.log_chunk_bytes`); runners and workers cut
+/// `output.log` into chunks of this size.
+pub const LOG_CHUNK_BYTES: u64 = 1 << 20;
+
 /// A process id, as the master numbers them.
 pub type ProcId = i64;
 

@@ -43,7 +43,7 @@ use dadd_spec::api::{Delivery, ProcId, RunEnvelope, RunnerRecord, StateReport};
 use crate::workroot::{self, Entry};
 
 /// The most bytes sent in one log chunk (the master's limit).
-pub const MAX_CHUNK: u64 = 1 << 20;
+pub const MAX_CHUNK: u64 = dadd_spec::api::LOG_CHUNK_BYTES;
 /// How long one call to a master may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many 409s naming another offset one delivery accepts.
