@@ -17,43 +17,108 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::both;
 use crate::support::{eventually, spec, Backend, Kept, TestMaster};
 
-type Got = Arc<Mutex<(u32, Vec<Value>)>>;
+/// A webhook answering with a status the test sets (500 to its first
+/// `refuse` calls); it records every call and, for the accepted ones, when
+/// (ms) and what.
+struct Hook {
+    url: String,
+    status: Arc<AtomicU16>,
+    calls: Arc<Mutex<u32>>,
+    accepted: Arc<Mutex<Vec<(i64, Value)>>>,
+    handle: actix_web::dev::ServerHandle,
+}
 
-/// A webhook that refuses the first call and records the rest.
-async fn sink() -> (String, Got, actix_web::dev::ServerHandle) {
-    let got: Got = Arc::default();
-    let g = Arc::clone(&got);
-    let server = HttpServer::new(move || {
-        let g = Arc::clone(&g);
-        App::new().route(
-            "/hook",
-            web::post().to(move |body: web::Json<Value>| {
-                let g = Arc::clone(&g);
-                async move {
-                    let mut g = g.lock().expect("lock");
-                    g.0 += 1;
-                    if g.0 == 1 {
-                        return HttpResponse::InternalServerError().finish();
+impl Hook {
+    /// Answers `status` after `delay`.
+    async fn start(status: u16, delay: Duration) -> Hook {
+        Hook::refusing(0, status, delay).await
+    }
+
+    /// Answers 500 to the first `refuse` calls, then `status`, after `delay`.
+    async fn refusing(refuse: u32, status: u16, delay: Duration) -> Hook {
+        let status = Arc::new(AtomicU16::new(status));
+        let calls: Arc<Mutex<u32>> = Arc::default();
+        let accepted: Arc<Mutex<Vec<(i64, Value)>>> = Arc::default();
+        let (s, c, a) = (
+            Arc::clone(&status),
+            Arc::clone(&calls),
+            Arc::clone(&accepted),
+        );
+        let server = HttpServer::new(move || {
+            let (s, c, a) = (Arc::clone(&s), Arc::clone(&c), Arc::clone(&a));
+            App::new().route(
+                "/hook",
+                web::post().to(move |body: web::Json<Value>| {
+                    let (s, c, a) = (Arc::clone(&s), Arc::clone(&c), Arc::clone(&a));
+                    async move {
+                        actix_rt::time::sleep(delay).await;
+                        let call = {
+                            let mut c = c.lock().expect("lock");
+                            *c += 1;
+                            *c
+                        };
+                        let code = if call <= refuse {
+                            500
+                        } else {
+                            s.load(Ordering::SeqCst)
+                        };
+                        if code == 200 {
+                            a.lock().expect("lock").push((now_ms(), body.into_inner()));
+                        }
+                        HttpResponse::build(awc::http::StatusCode::from_u16(code).expect("status"))
+                            .finish()
                     }
-                    g.1.push(body.into_inner());
-                    HttpResponse::Ok().finish()
-                }
-            }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .bind("127.0.0.1:0")
-    .expect("bind");
-    let url = format!("http://{}/hook", server.addrs()[0]);
-    let server = server.run();
-    let h = server.handle();
-    actix_rt::spawn(server);
-    (url, got, h)
+                }),
+            )
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind");
+        let url = format!("http://{}/hook", server.addrs()[0]);
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Hook {
+            url,
+            status,
+            calls,
+            accepted,
+            handle,
+        }
+    }
+
+    fn set_status(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> u32 {
+        *self.calls.lock().expect("lock")
+    }
+
+    fn accepted(&self) -> Vec<(i64, Value)> {
+        self.accepted.lock().expect("lock").clone()
+    }
+
+    /// The process ids of the accepted notices, sorted.
+    fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .accepted()
+            .iter()
+            .map(|(_, n)| n["id"].as_i64().expect("id"))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    async fn stop(self) {
+        self.handle.stop(false).await;
+    }
 }
 
 async fn webhook_on_failure(b: Backend) {
-    let (url, got, h) = sink().await;
+    let hook = Hook::refusing(1, 200, Duration::ZERO).await;
+    let url = hook.url.clone();
     let Some(m) = TestMaster::start(b, |c| c.notify.webhook_url = Some(url)).await else {
         return;
     };
@@ -77,12 +142,12 @@ async fn webhook_on_failure(b: Backend) {
     )
     .await;
     let notices = eventually("the webhook notice", Duration::from_secs(10), || async {
-        let g = got.lock().expect("lock");
-        (!g.1.is_empty()).then(|| g.clone())
+        let got = hook.accepted();
+        (!got.is_empty()).then_some(got)
     })
     .await;
-    assert_eq!(notices.0, 2, "the refused first call was retried");
-    let n = &notices.1[0];
+    assert_eq!(hook.calls(), 2, "the refused first call was retried");
+    let n = &notices[0].1;
     assert_eq!(n["id"], p.id);
     assert_eq!(n["state"], "failed");
     assert_eq!(n["exit_code"], 2);
@@ -93,13 +158,9 @@ async fn webhook_on_failure(b: Backend) {
     assert_eq!(tail[49], "log line 59");
     assert_eq!(n["url"], format!("{}/api/procs/{}", m.url, p.id));
     actix_rt::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        got.lock().expect("lock").1.len(),
-        1,
-        "success is not notified"
-    );
+    assert_eq!(hook.accepted().len(), 1, "success is not notified");
     m.stop().await;
-    h.stop(false).await;
+    hook.stop().await;
 }
 both!(webhook_on_failure);
 
@@ -188,91 +249,6 @@ async fn email_on_lost(b: Backend) {
     m.stop().await;
 }
 both!(email_on_lost);
-
-/// A webhook answering with a status the test sets; it records every call
-/// and, for the accepted ones, when (ms) and what.
-struct Hook {
-    url: String,
-    status: Arc<AtomicU16>,
-    calls: Arc<Mutex<u32>>,
-    accepted: Arc<Mutex<Vec<(i64, Value)>>>,
-    handle: actix_web::dev::ServerHandle,
-}
-
-impl Hook {
-    /// Answers `status` after `delay`.
-    async fn start(status: u16, delay: Duration) -> Hook {
-        let status = Arc::new(AtomicU16::new(status));
-        let calls: Arc<Mutex<u32>> = Arc::default();
-        let accepted: Arc<Mutex<Vec<(i64, Value)>>> = Arc::default();
-        let (s, c, a) = (
-            Arc::clone(&status),
-            Arc::clone(&calls),
-            Arc::clone(&accepted),
-        );
-        let server = HttpServer::new(move || {
-            let (s, c, a) = (Arc::clone(&s), Arc::clone(&c), Arc::clone(&a));
-            App::new().route(
-                "/hook",
-                web::post().to(move |body: web::Json<Value>| {
-                    let (s, c, a) = (Arc::clone(&s), Arc::clone(&c), Arc::clone(&a));
-                    async move {
-                        actix_rt::time::sleep(delay).await;
-                        *c.lock().expect("lock") += 1;
-                        let code = s.load(Ordering::SeqCst);
-                        if code == 200 {
-                            a.lock().expect("lock").push((now_ms(), body.into_inner()));
-                        }
-                        HttpResponse::build(awc::http::StatusCode::from_u16(code).expect("status"))
-                            .finish()
-                    }
-                }),
-            )
-        })
-        .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .expect("bind");
-        let url = format!("http://{}/hook", server.addrs()[0]);
-        let server = server.run();
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        Hook {
-            url,
-            status,
-            calls,
-            accepted,
-            handle,
-        }
-    }
-
-    fn set_status(&self, code: u16) {
-        self.status.store(code, Ordering::SeqCst);
-    }
-
-    fn calls(&self) -> u32 {
-        *self.calls.lock().expect("lock")
-    }
-
-    fn accepted(&self) -> Vec<(i64, Value)> {
-        self.accepted.lock().expect("lock").clone()
-    }
-
-    /// The process ids of the accepted notices, sorted.
-    fn ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self
-            .accepted()
-            .iter()
-            .map(|(_, n)| n["id"].as_i64().expect("id"))
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
-
-    async fn stop(self) {
-        self.handle.stop(false).await;
-    }
-}
 
 /// The webhook at `url`, short polls and retries.
 fn hooked(url: &str) -> impl Fn(&mut Config) + Copy + '_ {
