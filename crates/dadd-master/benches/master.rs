@@ -8,6 +8,9 @@
 //! `DADD_BENCH_BACKENDS=sqlite` (or `postgres`) runs one store only, and
 //! `DADD_BENCH_PLACEMENTS=0 DADD_BENCH_HEARTBEATS=0` only the list pages.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,45 +20,16 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use dadd_master::Config;
 use dadd_spec::api::{HostHeartbeat, RunStarted};
 use futures_util::future::join_all;
-use sqlx::Connection;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{env_usize, percentile, PgSchema};
 
 /// A fresh database URL (and, for Postgres, the schema to drop after).
-async fn database(
-    backend: &str,
-    dir: &std::path::Path,
-) -> Option<(String, Option<(String, String)>)> {
+async fn database(backend: &str, dir: &std::path::Path) -> Option<(String, Option<PgSchema>)> {
     if backend == "sqlite" {
         return Some((format!("sqlite://{}", dir.join("bench.db").display()), None));
     }
     let base = std::env::var("DADD_TEST_POSTGRES_URL").ok()?;
-    sqlx::any::install_default_drivers();
-    let schema = format!("bench_{}", &dadd_master::auth::mint_token()[..12]);
-    let mut c = sqlx::AnyConnection::connect(&base).await.ok()?;
-    sqlx::Executor::execute(&mut c, format!("CREATE SCHEMA {schema}").as_str())
-        .await
-        .ok()?;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some((
-        format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-        Some((base, schema)),
-    ))
-}
-
-async fn drop_schema(pg: Option<(String, String)>) {
-    if let Some((base, schema)) = pg {
-        if let Ok(mut c) = sqlx::AnyConnection::connect(&base).await {
-            let _ =
-                sqlx::Executor::execute(&mut c, format!("DROP SCHEMA {schema} CASCADE").as_str())
-                    .await;
-        }
-    }
+    let schema = PgSchema::create(&base).await?;
+    Some((schema.url.clone(), Some(schema)))
 }
 
 /// A worker that accepts every `/run` at once and counts them.
@@ -102,11 +76,6 @@ fn config(dir: &std::path::Path, url: &str) -> Config {
         cfg.store.sqlite_synchronous = dadd_master::config::SqliteSync::Normal;
     }
     cfg
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn heartbeat(client: &awc::Client, url: &str, port: u16, max_procs: u32) {
@@ -306,7 +275,9 @@ async fn bench_backend(backend: &str) -> Option<()> {
         );
     }
     master.stop().await;
-    drop_schema(pg).await;
+    if let Some(schema) = pg {
+        schema.drop().await;
+    }
     Some(())
 }
 

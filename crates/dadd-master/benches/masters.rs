@@ -10,6 +10,9 @@
 //! picks the counts, `DADD_BENCH_PLACEMENTS` (3,000) the burst,
 //! `DADD_BENCH_LATENCY` (400) the one-at-a-time submissions.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,14 +22,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use dadd_master::Config;
 use dadd_spec::api::{HostHeartbeat, RunEnvelope, RunStarted};
 use futures_util::future::join_all;
-use sqlx::Connection;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{env_usize, percentile, PgSchema};
 
 /// What the fake workers saw: per process, each arrival and its master.
 #[derive(Default)]
@@ -121,27 +117,6 @@ impl Drop for MasterThread {
     }
 }
 
-async fn schema(base: &str) -> (String, String) {
-    sqlx::any::install_default_drivers();
-    let schema = format!("bench_{}", &dadd_master::auth::mint_token()[..12]);
-    let mut c = sqlx::AnyConnection::connect(base).await.expect("postgres");
-    sqlx::Executor::execute(&mut c, format!("CREATE SCHEMA {schema}").as_str())
-        .await
-        .expect("schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    (
-        format!("{base}{sep}options=-c%20search_path%3D{schema}"),
-        schema,
-    )
-}
-
-async fn drop_schema(base: &str, schema: &str) {
-    if let Ok(mut c) = sqlx::AnyConnection::connect(base).await {
-        let _ =
-            sqlx::Executor::execute(&mut c, format!("DROP SCHEMA {schema} CASCADE").as_str()).await;
-    }
-}
-
 async fn submit(client: &awc::Client, base: &str, spec: &serde_json::Value) -> i64 {
     let mut r = client
         .post(format!("{base}/api/procs"))
@@ -153,18 +128,16 @@ async fn submit(client: &awc::Client, base: &str, spec: &serde_json::Value) -> i
     v["id"].as_i64().expect("id")
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 async fn bench(base_url: &str, masters: usize, placements: usize, latency_n: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (db, schema) = schema(base_url).await;
+    let schema = PgSchema::create(base_url)
+        .await
+        .expect("Postgres reachable");
+    let db = schema.url.clone();
     let ms_list: Vec<MasterThread> = (0..masters)
         .map(|i| {
             let d = dir.path().join(format!("m{i}"));
@@ -290,7 +263,7 @@ async fn bench(base_url: &str, masters: usize, placements: usize, latency_n: usi
         h.stop(false).await;
     }
     drop(ms_list);
-    drop_schema(base_url, &schema).await;
+    schema.drop().await;
 }
 
 fn main() {
